@@ -1,0 +1,17 @@
+//! Stockyard: a self-hosted, OpenAI-compatible LLM proxy with model-aware routing, failover
+//! (streams included) and per-provider circuit breakers.
+//!
+//! A request's story, folder by folder: [`config`] (what the operator wrote) → [`proxy`]
+//! (auth, body) → [`routing`] (aliases, natural provider, chain) → [`breaker`] (admission) →
+//! [`providers`] (wire formats) → [`proxy::stream`] / [`sse`] (relay) → [`admin`] (visibility).
+
+pub mod admin;
+pub mod breaker;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod providers;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod sse;

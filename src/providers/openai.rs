@@ -1,0 +1,152 @@
+//! The OpenAI-compatible wire format: how a request is sent to any provider that speaks it, and
+//! how transport failures map onto attempt errors. Bodies pass through untouched except for the
+//! fields the proxy rewrites.
+
+use crate::proxy::classify::{http_error, parse_retry_after, AttemptError};
+use crate::proxy::state::{auth_header, ProviderRuntime};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+
+/// Upstream headers worth passing back to the client.
+pub const RELAYED_HEADERS: &[&str] = &[
+    "x-request-id",
+    "openai-processing-ms",
+    "openai-organization",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+];
+
+/// Sends `body` to `path` (e.g. `/chat/completions`) and waits for response headers within the
+/// provider's `first_byte` timeout. `key` overrides the configured key (bring-your-own key).
+pub async fn send(
+    p: &ProviderRuntime,
+    path: &str,
+    body: Vec<u8>,
+    key: Option<&str>,
+    accept_sse: bool,
+) -> Result<reqwest::Response, AttemptError> {
+    let mut req = p
+        .client
+        .post(p.url(path))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::ACCEPT,
+            if accept_sse {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        );
+    let byok;
+    let auth = match key {
+        Some(k) => {
+            byok = auth_header(p.cfg.kind, k);
+            byok.as_ref()
+        }
+        None => p.auth(),
+    };
+    if let Some((name, value)) = auth {
+        req = req.header(name, value);
+    }
+    for (name, value) in &p.cfg.headers {
+        req = req.header(name, value);
+    }
+    let first_byte = p.cfg.timeouts.first_byte;
+    match tokio::time::timeout(first_byte, req.body(body).send()).await {
+        Err(_) => Err(AttemptError::FirstByteTimeout(first_byte)),
+        Ok(Err(e)) => Err(transport_error(&e, p.cfg.timeouts.connect)),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+/// Maps a reqwest error onto the attempt error classes.
+pub fn transport_error(e: &reqwest::Error, connect_timeout: Duration) -> AttemptError {
+    let msg = error_chain(e);
+    if e.is_connect() {
+        if e.is_timeout() {
+            AttemptError::ConnectTimeout(connect_timeout)
+        } else {
+            AttemptError::Connect(msg)
+        }
+    } else if e.is_timeout() {
+        AttemptError::ConnectTimeout(connect_timeout)
+    } else {
+        AttemptError::Transport(msg)
+    }
+}
+
+/// The innermost useful message of an error chain, without URLs that could carry secrets.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !s.contains("http://") && !s.contains("https://") && !parts.contains(&s) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    if parts.is_empty() {
+        "request failed".into()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// Reads a whole (error) body with a size cap, honouring the idle and total deadlines.
+pub async fn read_limited(
+    resp: reqwest::Response,
+    limit: usize,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<(Bytes, bool), AttemptError> {
+    let mut stream = resp.bytes_stream();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(AttemptError::TotalTimeout(Duration::ZERO));
+        }
+        let wait = idle.min(deadline - now);
+        match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) if wait < idle => return Err(AttemptError::TotalTimeout(wait)),
+            Err(_) => return Err(AttemptError::IdleTimeout(idle)),
+            Ok(None) => return Ok((buf.freeze(), false)),
+            Ok(Some(Err(e))) => return Err(AttemptError::Transport(error_chain(&e))),
+            Ok(Some(Ok(chunk))) => {
+                let room = limit.saturating_sub(buf.len());
+                if chunk.len() > room {
+                    buf.extend_from_slice(&chunk[..room]);
+                    return Ok((buf.freeze(), true));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Turns a non-2xx response into a classified attempt error (reading at most 1 MiB of body).
+pub async fn error_from_response(
+    resp: reqwest::Response,
+    idle: Duration,
+    deadline: Instant,
+) -> AttemptError {
+    let status = resp.status().as_u16();
+    let retry_after = parse_retry_after(resp.headers());
+    let content_type = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // A broken error body still tells us the status; keep what arrived.
+    let body = read_limited(resp, 1 << 20, idle, deadline)
+        .await
+        .map(|(b, _)| b)
+        .unwrap_or_default();
+    http_error(status, body, content_type, retry_after)
+}

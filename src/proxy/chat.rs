@@ -1,0 +1,529 @@
+//! `POST /v1/chat/completions` and `GET /v1/models`.
+
+use super::attempt::{self, AttemptRecord, Call, Cand, Run, RunOutcome, Success, Usage};
+use super::auth::{authenticate, ClientAuth};
+use super::body::ChatRequest;
+use super::classify::{AttemptError, ErrorInfo};
+use super::state::{AppState, ProviderRuntime, Runtime};
+use crate::error::{openai_error_body, ApiError};
+use crate::providers::openai::{self, RELAYED_HEADERS};
+use crate::routing::{self, RouteOptions};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Non-streaming bodies up to this size are validated before relaying; larger ones are streamed
+/// through as they arrive.
+const VALIDATE_LIMIT: usize = 8 << 20;
+
+pub fn new_trace_id() -> String {
+    use rand::Rng;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format!(
+        "tr_{ms:011x}{:012x}",
+        rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff
+    )
+}
+
+fn header_true(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+}
+
+/// Reads the request body, refusing more than `limit` bytes with a 413.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(len) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::BodyTooLarge { limit }
+        } else {
+            ApiError::InvalidRequest(format!("could not read request body: {e}"))
+        }
+    })
+}
+
+/// Resolves the candidates for a request: a bring-your-own key goes straight to its provider,
+/// everything else follows the routing plan.
+pub fn candidates(
+    rt: &Runtime,
+    auth: &ClientAuth,
+    model: &str,
+    opts: &RouteOptions,
+) -> (Vec<Cand>, bool) {
+    if let ClientAuth::Byok { kind, .. } = auth {
+        if let Some(p) = rt.byok.get(kind) {
+            let model = match model.split_once('/') {
+                Some((prefix, m)) if prefix == p.name() => m,
+                _ => model,
+            };
+            return (
+                vec![Cand {
+                    provider: p.clone(),
+                    model: model.to_string(),
+                    skip: None,
+                }],
+                false,
+            );
+        }
+    }
+    let route = routing::plan(&rt.config, model, opts);
+    let cands = route
+        .candidates
+        .iter()
+        .map(|c| Cand {
+            provider: rt.providers[c.provider].clone(),
+            model: c.model.clone(),
+            skip: c.skip,
+        })
+        .collect();
+    (cands, route.local_only)
+}
+
+/// The `x-stockyard-*` headers every answer carries.
+pub struct Meta {
+    pub trace_id: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub tries: u32,
+    pub failover: bool,
+}
+
+impl Meta {
+    pub fn apply(&self, h: &mut HeaderMap) {
+        let mut set = |name: &'static str, v: &str| {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+        };
+        set("x-stockyard-trace-id", &self.trace_id);
+        if let Some(p) = &self.provider {
+            set("x-stockyard-provider", p);
+        }
+        if let Some(m) = &self.model {
+            set("x-stockyard-model", m);
+        }
+        set("x-stockyard-attempts", &self.tries.to_string());
+        set(
+            "x-stockyard-failover",
+            if self.failover { "true" } else { "false" },
+        );
+    }
+}
+
+pub async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let rt = st.runtime();
+    let trace_id = new_trace_id();
+    let started = Instant::now();
+    let mut meta = Meta {
+        trace_id,
+        provider: None,
+        model: None,
+        tries: 0,
+        failover: false,
+    };
+    let mut resp = match handle_chat(&rt, &headers, body, &mut meta).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(trace_id = %meta.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
+            e.into_response()
+        }
+    };
+    meta.apply(resp.headers_mut());
+    tracing::debug!(trace_id = %meta.trace_id, latency_us = started.elapsed().as_micros() as u64, "request done");
+    resp
+}
+
+async fn handle_chat(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    body: Body,
+    meta: &mut Meta,
+) -> Result<Response, ApiError> {
+    let auth = authenticate(&rt.config, headers)?;
+    let bytes = read_body(headers, body, rt.config.max_body_size).await?;
+    let req = ChatRequest::parse(&bytes)?;
+    let opts = RouteOptions {
+        local_only: header_true(headers, "x-stockyard-local-only"),
+        no_failover: header_true(headers, "x-stockyard-no-failover"),
+    };
+    let (cands, local_only) = candidates(rt, &auth, &req.model, &opts);
+    let key = match &auth {
+        ClientAuth::Byok { key, .. } => Some(key.as_str()),
+        _ => None,
+    };
+    let call = Call {
+        path: "/chat/completions",
+        accept_sse: req.stream,
+        key,
+        retry_on: &rt.config.failover.retry_on,
+        local_only,
+        requested_model: &req.model,
+    };
+    let started = Instant::now();
+    let run = if req.stream {
+        let include_usage = req.include_usage;
+        attempt::run(
+            &cands,
+            &call,
+            |c| req.upstream_body(&c.model),
+            |resp, p, started, deadline| {
+                super::stream::finish_stream(resp, p, started, deadline, include_usage)
+            },
+        )
+        .await
+    } else {
+        attempt::run(
+            &cands,
+            &call,
+            |c| req.upstream_body(&c.model),
+            finish_chat_json,
+        )
+        .await
+    };
+    Ok(respond(run, meta, &req.model, req.stream, started))
+}
+
+/// Turns a finished run into the client response and logs the request line.
+pub fn respond(
+    run: Run,
+    meta: &mut Meta,
+    requested: &str,
+    stream: bool,
+    started: Instant,
+) -> Response {
+    meta.tries = run.tries;
+    meta.failover = run.failover;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let log = |status: u16, provider: Option<&str>, attempts: &[AttemptRecord]| {
+        tracing::info!(
+            trace_id = %meta.trace_id,
+            model = requested,
+            provider = provider.unwrap_or("-"),
+            attempts = attempts.len(),
+            tries = run.tries,
+            failover = run.failover,
+            stream,
+            status,
+            latency_ms,
+            "request"
+        );
+    };
+    match run.outcome {
+        RunOutcome::Ok {
+            success,
+            provider,
+            model,
+        } => {
+            log(
+                success.status.as_u16(),
+                Some(provider.name()),
+                &run.attempts,
+            );
+            meta.provider = Some(provider.name().to_string());
+            meta.model = Some(model);
+            let Success {
+                status,
+                headers,
+                body,
+                usage: _,
+            } = success;
+            let mut resp = Response::new(body);
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            resp
+        }
+        RunOutcome::Final {
+            error,
+            provider,
+            model,
+        } => {
+            let resp = final_error_response(&error);
+            log(resp.status().as_u16(), Some(provider.name()), &run.attempts);
+            meta.provider = Some(provider.name().to_string());
+            meta.model = Some(model);
+            resp
+        }
+        RunOutcome::Exhausted(e) => {
+            log(e.status().as_u16(), None, &run.attempts);
+            e.into_response()
+        }
+    }
+}
+
+/// A final upstream error keeps its status; the body is relayed when it is already
+/// OpenAI-shaped, otherwise re-shaped.
+pub fn final_error_response(e: &AttemptError) -> Response {
+    match e {
+        AttemptError::Http { status, body, .. } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let openai_shaped = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .is_some_and(|v| v["error"]["message"].is_string() && v.get("type").is_none());
+            let body = if openai_shaped {
+                body.clone()
+            } else {
+                let info = ErrorInfo::from_body(body);
+                let message = info.message.unwrap_or_else(|| {
+                    let text = String::from_utf8_lossy(&body[..body.len().min(500)])
+                        .trim()
+                        .to_string();
+                    if text.is_empty() {
+                        format!("upstream returned HTTP {}", status.as_u16())
+                    } else {
+                        text
+                    }
+                });
+                let etype = info.etype.unwrap_or_else(|| default_type(status).into());
+                Bytes::from(openai_error_body(&message, &etype, info.code.as_deref()).to_string())
+            };
+            let mut r = Response::new(Body::from(body));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        other => {
+            let status =
+                StatusCode::from_u16(other.exhausted_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body =
+                openai_error_body(&other.to_string(), "upstream_error", Some(other.reason()));
+            (status, axum::Json(body)).into_response()
+        }
+    }
+}
+
+fn default_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// Headers relayed from a successful upstream answer.
+pub fn relay_headers(upstream: &HeaderMap, content_type: &'static str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    for name in RELAYED_HEADERS {
+        if let Some(v) = upstream.get(*name) {
+            h.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    h
+}
+
+#[derive(serde::Deserialize)]
+struct CompletionProbe {
+    choices: Option<serde::de::IgnoredAny>,
+    error: Option<serde::de::IgnoredAny>,
+    usage: Option<UsageJson>,
+}
+
+#[derive(serde::Deserialize, Debug, Clone, Copy, Default)]
+pub struct UsageJson {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+}
+
+impl From<UsageJson> for Usage {
+    fn from(u: UsageJson) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens.unwrap_or(0),
+            completion_tokens: u.completion_tokens.unwrap_or(0),
+        }
+    }
+}
+
+/// Validates a completed chat completion body: it must be JSON with `choices`; a 200 carrying
+/// an `error` object is an upstream failure.
+pub fn validate_chat_json(status: u16, body: &[u8]) -> Result<Option<Usage>, AttemptError> {
+    let probe: CompletionProbe = serde_json::from_slice(body).map_err(|e| {
+        AttemptError::Malformed(format!("body is not a chat completion JSON object ({e})"))
+    })?;
+    match (probe.choices, probe.error) {
+        (Some(_), _) => Ok(probe.usage.map(Usage::from)),
+        (None, Some(_)) => Err(AttemptError::ErrorBody {
+            status,
+            body: Bytes::copy_from_slice(&body[..body.len().min(4096)]),
+        }),
+        (None, None) => Err(AttemptError::Malformed("response has no `choices`".into())),
+    }
+}
+
+/// Reads a 2xx chat completion: small bodies are validated whole and relayed byte for byte;
+/// bodies over [`VALIDATE_LIMIT`] are streamed through as they arrive.
+pub async fn finish_chat_json(
+    resp: reqwest::Response,
+    p: Arc<ProviderRuntime>,
+    _started: Instant,
+    deadline: Instant,
+) -> Result<Success, AttemptError> {
+    let status = resp.status();
+    let headers = relay_headers(resp.headers(), "application/json");
+    let idle = p.cfg.timeouts.idle;
+    let mut stream = resp.bytes_stream();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let now = Instant::now();
+        let wait = idle.min(deadline.saturating_duration_since(now));
+        match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) if wait < idle => return Err(AttemptError::TotalTimeout(p.cfg.timeouts.total)),
+            Err(_) => return Err(AttemptError::IdleTimeout(idle)),
+            Ok(Some(Err(e))) => return Err(openai::transport_error(&e, p.cfg.timeouts.connect)),
+            Ok(Some(Ok(chunk))) => {
+                buf.extend_from_slice(&chunk);
+                if buf.len() > VALIDATE_LIMIT {
+                    let head = buf.freeze();
+                    let rest = stream.map(|r| r.map_err(std::io::Error::other));
+                    let body = Body::from_stream(
+                        futures::stream::once(async move { Ok::<_, std::io::Error>(head) })
+                            .chain(idle_guard(rest, idle)),
+                    );
+                    return Ok(Success {
+                        status,
+                        headers,
+                        body,
+                        usage: None,
+                    });
+                }
+            }
+            Ok(None) => {
+                let body = buf.freeze();
+                let usage = validate_chat_json(status.as_u16(), &body)?;
+                return Ok(Success {
+                    status,
+                    headers,
+                    body: Body::from(body),
+                    usage,
+                });
+            }
+        }
+    }
+}
+
+/// Ends a relayed byte stream with an error if no chunk arrives within `idle`.
+fn idle_guard<S>(s: S, idle: Duration) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>>
+where
+    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    tokio_stream::StreamExt::timeout(s, idle).map(|r| match r {
+        Ok(inner) => inner,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "upstream idle timeout",
+        )),
+    })
+}
+
+/// `GET /v1/models`: aliases plus the models each provider reports (or lists in its config).
+pub async fn list_models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let rt = st.runtime();
+    if let Err(e) = authenticate(&rt.config, &headers) {
+        return e.into_response();
+    }
+    let mut data: Vec<serde_json::Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for name in rt
+        .config
+        .aliases
+        .keys()
+        .filter(|_| rt.config.aliases_enabled)
+    {
+        if seen.insert(name.clone()) {
+            data.push(serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "stockyard"}));
+        }
+    }
+    let fetches = rt
+        .providers
+        .iter()
+        .filter(|p| p.cfg.enabled)
+        .filter(|p| p.with_breaker(|b| b.snapshot().state) != crate::breaker::State::Open)
+        .map(|p| {
+            let p = p.clone();
+            async move {
+                let ids = fetch_models(&p).await.unwrap_or_else(|| {
+                    p.cfg
+                        .models
+                        .iter()
+                        .map(|g| g.as_str().to_string())
+                        .filter(|s| !s.contains(['*', '?', '[']))
+                        .collect()
+                });
+                (p, ids)
+            }
+        });
+    for (p, ids) in futures::future::join_all(fetches).await {
+        for id in ids {
+            if p.cfg.serves(&id) && seen.insert(id.clone()) {
+                data.push(serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": p.name()}));
+            }
+        }
+    }
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+async fn fetch_models(p: &ProviderRuntime) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        data: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        id: String,
+    }
+    let mut req = p.client.get(p.url("/models"));
+    if let Some((n, v)) = p.auth() {
+        req = req.header(n, v);
+    }
+    for (n, v) in &p.cfg.headers {
+        req = req.header(n, v);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(3), req.send())
+        .await
+        .ok()?
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body = tokio::time::timeout(Duration::from_secs(3), resp.bytes())
+        .await
+        .ok()?
+        .ok()?;
+    serde_json::from_slice::<List>(&body)
+        .ok()
+        .map(|l| l.data.into_iter().map(|i| i.id).collect())
+}

@@ -1,0 +1,75 @@
+//! The HTTP surface: the OpenAI-compatible proxy routes, their handlers, and the router.
+
+pub mod attempt;
+pub mod auth;
+pub mod body;
+pub mod chat;
+pub mod classify;
+pub mod state;
+pub mod stream;
+
+use crate::error::ApiError;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use state::AppState;
+use std::sync::Arc;
+
+/// Builds the application router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(chat::list_models))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .merge(crate::admin::routes(state.clone()))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// 200 when at least one provider's circuit is not open.
+async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    let rt = st.runtime();
+    let open = rt
+        .providers
+        .iter()
+        .filter(|p| p.cfg.enabled)
+        .filter(|p| p.with_breaker(|b| b.snapshot().state) == crate::breaker::State::Open)
+        .count();
+    let enabled = rt.providers.iter().filter(|p| p.cfg.enabled).count();
+    let ok = enabled > open;
+    let status = if ok {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({
+            "status": if ok { "ready" } else { "unavailable" },
+            "providers": enabled,
+            "open_circuits": open,
+        })),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::RouteNotFound {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+    }
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+    }
+}

@@ -1,0 +1,344 @@
+//! Streaming relay (SPEC section 6, "Streaming"). Before the first event that carries content,
+//! nothing is sent to the client and any failure is an attempt error, so the attempt loop fails
+//! over transparently. After that, events are relayed one by one as they arrive (their original
+//! bytes, no re-serialisation), with backpressure: upstream is read only as fast as the client
+//! takes. A failure after content ends the stream with a `stream_error` event and no `[DONE]`.
+
+use super::attempt::{Success, Usage};
+use super::chat::{relay_headers, UsageJson};
+use super::classify::AttemptError;
+use super::state::ProviderRuntime;
+use crate::providers::openai::transport_error;
+use crate::sse::{self, SseEvent, StreamError};
+use axum::body::{Body, Bytes};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<SseEvent, StreamError<reqwest::Error>>> + Send>>;
+
+/// What one upstream data event means for the relay.
+#[derive(Debug, PartialEq)]
+pub enum Chunk {
+    /// Text, a tool-call fragment, or a finish_reason: the stream is committed.
+    Content {
+        finish: bool,
+    },
+    /// A chunk with nothing the client needs to wait for (the role chunk, empty deltas).
+    Empty,
+    /// The trailing usage-only chunk.
+    UsageOnly(Usage),
+    /// An in-stream error event.
+    Error(String),
+    Done,
+}
+
+#[derive(Deserialize)]
+struct ChunkJson {
+    #[serde(default)]
+    choices: Option<Vec<ChoiceJson>>,
+    #[serde(default)]
+    usage: Option<UsageJson>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceJson {
+    #[serde(default)]
+    delta: Option<DeltaJson>,
+    #[serde(default)]
+    finish_reason: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct DeltaJson {
+    #[serde(default)]
+    content: Option<serde_json::Value>,
+    #[serde(default)]
+    tool_calls: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    function_call: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    refusal: Option<serde_json::Value>,
+    #[serde(default)]
+    reasoning_content: Option<serde_json::Value>,
+    #[serde(default)]
+    reasoning: Option<serde_json::Value>,
+}
+
+fn non_empty(v: &Option<serde_json::Value>) -> bool {
+    match v {
+        Some(serde_json::Value::String(s)) => !s.is_empty(),
+        Some(serde_json::Value::Null) | None => false,
+        Some(_) => true,
+    }
+}
+
+/// Classifies one SSE event of an OpenAI-compatible stream. Usage is returned alongside content
+/// when a backend puts it on the last content chunk.
+pub fn classify_event(ev: &SseEvent) -> Result<(Chunk, Option<Usage>), AttemptError> {
+    if ev.event.as_deref() == Some("error") {
+        let msg = ev.data.clone().unwrap_or_else(|| "error event".into());
+        return Ok((Chunk::Error(msg), None));
+    }
+    let Some(data) = &ev.data else {
+        return Ok((Chunk::Empty, None));
+    };
+    if ev.is_done() {
+        return Ok((Chunk::Done, None));
+    }
+    let c: ChunkJson = serde_json::from_str(data)
+        .map_err(|e| AttemptError::Malformed(format!("stream event is not JSON ({e})")))?;
+    if let Some(err) = c.error {
+        let msg = err
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| err.to_string());
+        return Ok((Chunk::Error(msg), None));
+    }
+    let usage = c.usage.map(Usage::from);
+    let choices = c.choices.unwrap_or_default();
+    if choices.is_empty() {
+        return Ok((
+            match usage {
+                Some(u) => Chunk::UsageOnly(u),
+                None => Chunk::Empty,
+            },
+            usage,
+        ));
+    }
+    let mut content = false;
+    let mut finish = false;
+    for ch in &choices {
+        if non_empty(&ch.finish_reason) {
+            finish = true;
+        }
+        if let Some(d) = &ch.delta {
+            if non_empty(&d.content)
+                || d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+                || d.function_call.is_some()
+                || non_empty(&d.refusal)
+                || non_empty(&d.reasoning_content)
+                || non_empty(&d.reasoning)
+            {
+                content = true;
+            }
+        }
+    }
+    Ok((
+        if content || finish {
+            Chunk::Content { finish }
+        } else {
+            Chunk::Empty
+        },
+        usage,
+    ))
+}
+
+/// The terminal event sent after content when the upstream fails.
+pub fn stream_error_event(message: &str) -> Bytes {
+    let v = serde_json::json!({"error": {"message": message, "type": "stream_error", "code": "upstream_interrupted"}});
+    sse::data_event(&v.to_string())
+}
+
+fn stream_err(e: StreamError<reqwest::Error>, p: &ProviderRuntime) -> AttemptError {
+    match e {
+        StreamError::Transport(t) => transport_error(&t, p.cfg.timeouts.connect),
+        StreamError::Sse(s) => AttemptError::Malformed(s.to_string()),
+    }
+}
+
+/// Reads the stream until the first content event (failing the attempt on anything else), then
+/// returns a body that relays the rest.
+pub async fn finish_stream(
+    resp: reqwest::Response,
+    p: Arc<ProviderRuntime>,
+    started: Instant,
+    deadline: Instant,
+    include_usage: bool,
+) -> Result<Success, AttemptError> {
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !ctype.starts_with("text/event-stream") {
+        // Some backends answer a stream request with a JSON error and status 200.
+        let body = resp.bytes().await.unwrap_or_default();
+        if serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|v| v.get("error").is_some())
+        {
+            return Err(AttemptError::ErrorBody {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        return Err(AttemptError::Malformed(format!(
+            "expected text/event-stream, got `{ctype}`"
+        )));
+    }
+    let headers = stream_headers(resp.headers());
+    let mut events: EventStream = Box::pin(sse::decode_stream(resp.bytes_stream()));
+    let first_byte = p.cfg.timeouts.first_byte;
+    let content_deadline = (started + first_byte).min(deadline);
+    let mut held: Vec<Bytes> = Vec::new();
+    let mut usage = None;
+    loop {
+        let wait = content_deadline.saturating_duration_since(Instant::now());
+        let ev = match tokio::time::timeout(wait, events.next()).await {
+            Err(_) => return Err(AttemptError::FirstByteTimeout(first_byte)),
+            Ok(None) => {
+                return Err(AttemptError::StreamError(
+                    "stream ended before any content".into(),
+                ))
+            }
+            Ok(Some(Err(e))) => return Err(stream_err(e, &p)),
+            Ok(Some(Ok(ev))) => ev,
+        };
+        if ev.is_comment_only() {
+            continue;
+        }
+        let (chunk, u) = classify_event(&ev)?;
+        usage = u.or(usage);
+        match chunk {
+            Chunk::Error(m) => return Err(AttemptError::StreamError(m)),
+            Chunk::Done => {
+                return Err(AttemptError::StreamError(
+                    "stream ended before any content".into(),
+                ))
+            }
+            Chunk::Empty => held.push(ev.raw),
+            Chunk::UsageOnly(_) => {
+                if include_usage {
+                    held.push(ev.raw)
+                }
+            }
+            Chunk::Content { finish } => {
+                held.push(ev.raw);
+                let relay = Relay {
+                    events,
+                    provider: p,
+                    deadline,
+                    include_usage,
+                    finished: finish,
+                    usage,
+                    done: false,
+                };
+                let first = Bytes::from(held.concat());
+                let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                    .chain(relay.into_stream());
+                return Ok(Success {
+                    status,
+                    headers,
+                    body: Body::from_stream(body),
+                    usage,
+                });
+            }
+        }
+    }
+}
+
+fn stream_headers(upstream: &http::HeaderMap) -> http::HeaderMap {
+    let mut h = relay_headers(upstream, "text/event-stream");
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    h
+}
+
+/// The committed part of a stream.
+struct Relay {
+    events: EventStream,
+    provider: Arc<ProviderRuntime>,
+    deadline: Instant,
+    include_usage: bool,
+    /// A finish_reason was seen: a missing `[DONE]` is then tolerated.
+    finished: bool,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl Relay {
+    fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+        futures::stream::unfold(self, |mut r| async move {
+            if r.done {
+                return None;
+            }
+            let out = r.next_bytes().await;
+            Some((Ok(out), r))
+        })
+    }
+
+    /// The next bytes to send; sets `done` when the stream is over.
+    async fn next_bytes(&mut self) -> Bytes {
+        let idle = self.provider.cfg.timeouts.idle;
+        loop {
+            let now = Instant::now();
+            let wait = idle.min(self.deadline.saturating_duration_since(now));
+            let next = tokio::time::timeout(wait, self.events.next()).await;
+            let ev = match next {
+                Err(_) => {
+                    let what = if wait < idle { "total" } else { "idle" };
+                    return self.fail(&format!(
+                        "upstream sent nothing within the {what} timeout ({})",
+                        crate::config::units::format_duration(if wait < idle {
+                            self.provider.cfg.timeouts.total
+                        } else {
+                            idle
+                        })
+                    ));
+                }
+                Ok(None) => {
+                    self.done = true;
+                    if self.finished {
+                        // Complete answer, upstream just omitted the terminator.
+                        return sse::data_event("[DONE]");
+                    }
+                    return self.fail("upstream closed the stream before it finished");
+                }
+                Ok(Some(Err(e))) => {
+                    let e = stream_err(e, &self.provider);
+                    return self.fail(&e.to_string());
+                }
+                Ok(Some(Ok(ev))) => ev,
+            };
+            if ev.is_comment_only() {
+                return ev.raw;
+            }
+            match classify_event(&ev) {
+                Err(e) => return self.fail(&e.to_string()),
+                Ok((chunk, u)) => {
+                    self.usage = u.or(self.usage);
+                    match chunk {
+                        Chunk::Error(m) => return self.fail(&format!("upstream error: {m}")),
+                        Chunk::Done => {
+                            self.done = true;
+                            return ev.raw;
+                        }
+                        Chunk::UsageOnly(_) if !self.include_usage => continue,
+                        Chunk::Content { finish: true } => {
+                            self.finished = true;
+                            return ev.raw;
+                        }
+                        _ => return ev.raw,
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, message: &str) -> Bytes {
+        self.done = true;
+        tracing::warn!(provider = %self.provider.name(), error = message, "stream interrupted after content");
+        stream_error_event(message)
+    }
+}
