@@ -1,2 +1,108 @@
 #![allow(dead_code)]
 pub mod mock;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use stockyard::config::load::{load_str, Env};
+use stockyard::server::{start, Running};
+
+/// The real server, in process, on 127.0.0.1:0, with a config given as YAML text.
+pub struct Proxy {
+    pub url: String,
+    pub client: reqwest::Client,
+    running: Option<Running>,
+}
+
+impl Proxy {
+    pub async fn start(yaml: &str) -> Proxy {
+        let cfg = load_str(yaml, "test.yaml", &Env::from_pairs([("HOME", "/tmp")]))
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = start(cfg, Some(listener)).await.unwrap();
+        Proxy {
+            url: format!("http://{}", running.addr),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            running: Some(running),
+        }
+    }
+
+    pub fn state(&self) -> &std::sync::Arc<stockyard::proxy::state::AppState> {
+        &self.running.as_ref().unwrap().state
+    }
+
+    pub async fn chat(&self, model: &str) -> reqwest::Response {
+        self.post_chat(chat_body(model)).await
+    }
+
+    pub async fn post_chat(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/chat/completions", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{}", self.url, path))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Breaker state and failure count of a provider, from the live state.
+    pub fn breaker(&self, name: &str) -> (String, u32) {
+        let rt = self.state().runtime();
+        let p = rt.providers.iter().find(|p| p.cfg.name == name).unwrap();
+        let s = p.with_breaker(|b| b.snapshot());
+        (s.state.as_str().to_string(), s.failures)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.task.abort();
+        }
+    }
+}
+
+pub fn chat_body(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// A port with nothing listening on it (bound then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Header value as a string ("" when absent).
+pub fn hdr(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A two-provider config: `a` (priority 1) then `b` (priority 2), both OpenAI-compatible, with
+/// extra YAML appended to each provider and to the top level.
+pub fn two(a: &str, b: &str, provider_extra: &str, top_extra: &str) -> String {
+    format!(
+        "providers:\n  - {{name: a, kind: openai-compatible, base_url: \"{a}\", priority: 1{provider_extra}}}\n  - {{name: b, kind: openai-compatible, base_url: \"{b}\", priority: 2{provider_extra}}}\n{top_extra}"
+    )
+}
