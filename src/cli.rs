@@ -73,6 +73,12 @@ pub fn describe_config(cfg: &Config) -> String {
         "\nproviders ({}), failover order:\n",
         cfg.providers.len()
     ));
+    let uwidth = cfg
+        .providers
+        .iter()
+        .map(|p| p.base_url.len())
+        .max()
+        .unwrap_or(20);
     let width = cfg
         .providers
         .iter()
@@ -104,7 +110,7 @@ pub fn describe_config(cfg: &Config) -> String {
             ));
         }
         out.push_str(&format!(
-            "  {:>2}. {:width$}  {:17}  priority {:<4} {}  {}\n",
+            "  {:>2}. {:width$}  {:17}  priority {:<4} {:uwidth$}  {}\n",
             n + 1,
             p.name,
             p.kind.name(),
@@ -128,10 +134,33 @@ pub fn describe_config(cfg: &Config) -> String {
         }
     }
     out.push_str("\nmodel families (natural provider first):\n");
+    let mut unowned = Vec::new();
     for (family, example) in FAMILIES {
+        if routing::natural_provider(cfg, example).is_none() {
+            unowned.push(*family);
+            continue;
+        }
         let route = routing::plan(cfg, example, &RouteOptions::default());
         out.push_str(&format!("  {family} (e.g. {example}):\n"));
         out.push_str(&routing::describe(cfg, &route, &none));
+    }
+    let local: Vec<&str> = cfg
+        .providers
+        .iter()
+        .filter(|p| p.local && p.enabled)
+        .map(|p| p.name.as_str())
+        .collect();
+    if !unowned.is_empty() {
+        out.push_str(&format!(
+            "  no provider of the owning kind for: {} (these go down the priority chain)\n",
+            unowned.join(", ")
+        ));
+    }
+    if !local.is_empty() {
+        out.push_str(&format!(
+            "  models a local provider lists go to it first: {}\n",
+            local.join(", ")
+        ));
     }
     out
 }
