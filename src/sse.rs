@@ -1072,7 +1072,7 @@ data: b
     fn large_event_in_small_chunks_is_linear() {
         // Would take minutes with O(n^2) rescanning.
         let mut input = b"data: ".to_vec();
-        input.extend(std::iter::repeat(b'x').take(2 << 20));
+        input.extend(std::iter::repeat_n(b'x', 2 << 20));
         input.extend_from_slice(b"\n\n");
         let mut dec = SseDecoder::new();
         let mut got = None;

@@ -214,11 +214,7 @@ impl MarkedEventReceiver for Builder {
                 self.stack.pop();
                 self.advance();
             }
-            Event::Alias(_) => {
-                if self.value_path().is_some() {
-                    self.advance();
-                }
-            }
+            Event::Alias(_) if self.value_path().is_some() => self.advance(),
             _ => {}
         }
     }
