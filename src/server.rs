@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::proxy::{self, state::AppState};
+use crate::traces::{TraceSink, TraceWriter};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -12,17 +13,45 @@ pub struct Running {
     pub state: Arc<AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    writer: Option<TraceWriter>,
 }
 
 impl Running {
-    /// Stops accepting and waits for in-flight requests to finish.
+    /// Stops accepting, waits for in-flight requests to finish, then flushes pending traces.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task
+        let res = (&mut self.task)
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Some(w) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
+        }
+        res
+    }
+
+    /// Waits until every trace recorded so far is in the database.
+    pub async fn flush_traces(&self) {
+        if let Some(w) = &self.writer {
+            w.flush().await;
+        }
+    }
+}
+
+/// Opens the trace database under `data_dir` and starts its writer; on failure the proxy still
+/// runs and counts every trace as dropped.
+fn start_traces(config: &Config) -> (TraceSink, Option<TraceWriter>, Option<std::path::PathBuf>) {
+    if !config.traces.enabled {
+        return (TraceSink::disabled(), None, None);
+    }
+    let path = config.data_dir.join("stockyard.db");
+    match TraceWriter::start(path.clone(), config.traces.store_bodies) {
+        Ok(w) => (w.sink.clone(), Some(w), Some(path)),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot open the trace database; requests will be served but not traced");
+            (TraceSink::broken(), None, None)
+        }
     }
 }
 
@@ -33,7 +62,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> std::io::Re
         None => TcpListener::bind(config.listen).await?,
     };
     let addr = listener.local_addr()?;
-    let state = AppState::new(config);
+    let (sink, writer, db_path) = start_traces(&config);
+    let state = AppState::new(config, sink, db_path);
     let app = proxy::router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -51,5 +81,6 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> std::io::Re
         state,
         shutdown: Some(tx),
         task,
+        writer,
     })
 }

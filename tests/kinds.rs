@@ -32,7 +32,12 @@ async fn every_openai_compatible_kind_gets_its_auth_header() {
                 assert_eq!(req.header("api-key"), Some(key.as_str()));
                 assert!(req.header("authorization").is_none());
             }
-            _ => assert_eq!(req.header("authorization"), Some(format!("Bearer {key}").as_str()), "{}", k.name),
+            _ => assert_eq!(
+                req.header("authorization"),
+                Some(format!("Bearer {key}").as_str()),
+                "{}",
+                k.name
+            ),
         }
         assert_eq!(req.header("content-type"), Some("application/json"));
     }
@@ -47,7 +52,10 @@ fn default_base_urls_match_the_providers() {
     let want = [
         (Kind::Openai, "https://api.openai.com/v1"),
         (Kind::Anthropic, "https://api.anthropic.com/v1"),
-        (Kind::Google, "https://generativelanguage.googleapis.com/v1beta/openai"),
+        (
+            Kind::Google,
+            "https://generativelanguage.googleapis.com/v1beta/openai",
+        ),
         (Kind::Ollama, "http://localhost:11434/v1"),
         (Kind::Lmstudio, "http://localhost:1234/v1"),
         (Kind::Groq, "https://api.groq.com/openai/v1"),

@@ -24,6 +24,9 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/proxy/breakers/reset", post(reset_all))
         .route("/api/proxy/breakers/{name}/reset", post(reset_one))
         .route("/api/proxy/route", get(route))
+        .route("/api/traces", get(traces_list))
+        .route("/api/traces/spend", get(traces_spend))
+        .route("/api/traces/{id}", get(trace_get))
         .route_layer(middleware::from_fn_with_state(state, admin_guard))
 }
 
@@ -183,4 +186,93 @@ async fn route(
         no_failover: false,
     };
     Json(route_json(&st.runtime(), model, &opts)).into_response()
+}
+
+/// Runs a read query against the trace database off the async runtime.
+async fn with_db<T: Send + 'static>(
+    st: &AppState,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let Some(path) = st.db_path.clone() else {
+        return Err(ApiError::NotFound(
+            "traces are disabled (traces.enabled: false)".into(),
+        ));
+    };
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::traces::db::open_reader(&path)?;
+        f(&conn)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(format!("trace database: {e}")))
+}
+
+fn parse_bool(v: Option<&String>) -> Option<bool> {
+    v.map(|s| matches!(s.as_str(), "true" | "1" | "yes"))
+}
+
+async fn traces_list(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = match q.get("limit").map(|l| l.parse::<u32>()) {
+        Some(Err(_)) => {
+            return ApiError::InvalidField {
+                param: "limit",
+                message: "`limit` must be a positive integer".into(),
+            }
+            .into_response()
+        }
+        Some(Ok(n)) => Some(n),
+        None => None,
+    };
+    let filter = crate::traces::query::TraceFilter {
+        limit,
+        before: q.get("before").cloned(),
+        provider: q.get("provider").cloned(),
+        model: q.get("model").cloned(),
+        status: q.get("status").cloned(),
+        failover: parse_bool(q.get("failover")),
+    };
+    match with_db(&st, move |c| crate::traces::query::list(c, &filter)).await {
+        Ok(rows) => {
+            let next = rows
+                .last()
+                .and_then(|r| r["id"].as_str())
+                .map(str::to_string);
+            Json(json!({"traces": rows, "next_before": next})).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn trace_get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let lookup = id.clone();
+    match with_db(&st, move |c| crate::traces::query::get(c, &lookup)).await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => ApiError::NotFound(format!("no trace `{id}`")).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn traces_spend(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let since = q.get("since").map(String::as_str).unwrap_or("24h");
+    let window = match crate::config::units::parse_duration(since) {
+        Ok(d) => d,
+        Err(m) => {
+            return ApiError::InvalidField {
+                param: "since",
+                message: m,
+            }
+            .into_response()
+        }
+    };
+    let since_ms = crate::traces::now_ms().saturating_sub(window.as_millis() as u64);
+    match with_db(&st, move |c| crate::traces::query::spend(c, since_ms)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -71,7 +71,21 @@ pub struct Success {
     pub headers: HeaderMap,
     pub body: Body,
     pub usage: Option<Usage>,
+    /// For a stream: how it ended, filled in by the relay as it goes.
+    pub stream: Option<StreamState>,
 }
+
+/// How a relayed stream ended.
+#[derive(Debug, Clone, Default)]
+pub struct StreamEnd {
+    pub usage: Option<Usage>,
+    /// Set when the upstream failed after content (the client got a `stream_error` event).
+    pub error: Option<String>,
+    /// The stream reached its end (`[DONE]`, or an error event was sent).
+    pub complete: bool,
+}
+
+pub type StreamState = Arc<std::sync::Mutex<StreamEnd>>;
 
 pub enum RunOutcome {
     Ok {
@@ -90,7 +104,6 @@ pub enum RunOutcome {
 
 pub struct Run {
     pub outcome: RunOutcome,
-    pub attempts: Vec<AttemptRecord>,
     /// Upstream calls made (retries included).
     pub tries: u32,
     /// The answer did not come from the first viable candidate on its first try.
@@ -113,13 +126,21 @@ pub struct Call<'a> {
 /// Runs the chain. `body_for(candidate)` builds the upstream body; `finish(response, provider,
 /// started, deadline)` turns a 2xx response into a [`Success`] or an attempt error (malformed
 /// body, error before first content...).
-pub async fn run<B, F, Fut>(cands: &[Cand], call: &Call<'_>, body_for: B, finish: F) -> Run
+///
+/// Attempts are appended to `attempts` as they happen (the one in flight shows as failed with
+/// reason `client_closed` until it ends), so a caller dropped mid-way still has them.
+pub async fn run<B, F, Fut>(
+    cands: &[Cand],
+    call: &Call<'_>,
+    attempts: &mut Vec<AttemptRecord>,
+    body_for: B,
+    finish: F,
+) -> Run
 where
     B: Fn(&Cand) -> Vec<u8>,
     F: Fn(reqwest::Response, Arc<ProviderRuntime>, Instant, Instant) -> Fut,
     Fut: Future<Output = Result<Success, AttemptError>>,
 {
-    let mut attempts: Vec<AttemptRecord> = Vec::with_capacity(cands.len());
     let mut tries = 0u32;
     let mut failover = false;
     let mut last_err: Option<AttemptError> = None;
@@ -171,6 +192,12 @@ where
             tries += 1;
             p.stats.requests.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
+            attempts.push(record(
+                AttemptOutcome::Failed,
+                Some("client_closed"),
+                None,
+                None,
+            ));
             let total = p.cfg.timeouts.total;
             let deadline = started + total;
             let body = body_for(c);
@@ -195,19 +222,21 @@ where
             match result {
                 Ok(success) => {
                     log_transition(p, permit.success());
-                    attempts.push(record(
-                        AttemptOutcome::Ok,
-                        None,
-                        Some(success.status.as_u16()),
-                        Some(started),
-                    ));
+                    set_last(
+                        attempts,
+                        record(
+                            AttemptOutcome::Ok,
+                            None,
+                            Some(success.status.as_u16()),
+                            Some(started),
+                        ),
+                    );
                     return Run {
                         outcome: RunOutcome::Ok {
                             success,
                             provider: p.clone(),
                             model: c.model.clone(),
                         },
-                        attempts,
                         tries,
                         failover: failover || retry_n > 0,
                         ttfb,
@@ -223,12 +252,15 @@ where
                         error = %e,
                         "upstream attempt failed"
                     );
-                    attempts.push(record(
-                        AttemptOutcome::Failed,
-                        Some(e.reason()),
-                        e.http_status(),
-                        Some(started),
-                    ));
+                    set_last(
+                        attempts,
+                        record(
+                            AttemptOutcome::Failed,
+                            Some(e.reason()),
+                            e.http_status(),
+                            Some(started),
+                        ),
+                    );
                     match class {
                         Class::Final => {
                             if e.http_status().is_some() {
@@ -243,7 +275,6 @@ where
                                     provider: p.clone(),
                                     model: c.model.clone(),
                                 },
-                                attempts,
                                 tries,
                                 failover,
                                 ttfb: None,
@@ -277,11 +308,16 @@ where
         }
     }
     Run {
-        outcome: RunOutcome::Exhausted(exhausted(call, &attempts, last_err, earliest_retry)),
-        attempts,
+        outcome: RunOutcome::Exhausted(exhausted(call, attempts, last_err, earliest_retry)),
         tries,
         failover,
         ttfb: None,
+    }
+}
+
+fn set_last(attempts: &mut [AttemptRecord], rec: AttemptRecord) {
+    if let Some(last) = attempts.last_mut() {
+        *last = rec;
     }
 }
 

@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions` and `GET /v1/models`.
 
-use super::attempt::{self, AttemptRecord, Call, Cand, Run, RunOutcome, Success, Usage};
+use super::attempt::{self, Call, Cand, Run, RunOutcome, Success, Usage};
 use super::auth::{authenticate, ClientAuth};
 use super::body::ChatRequest;
 use super::classify::{AttemptError, ErrorInfo};
@@ -8,6 +8,7 @@ use super::state::{AppState, ProviderRuntime, Runtime};
 use crate::error::{openai_error_body, ApiError};
 use crate::providers::openai::{self, RELAYED_HEADERS};
 use crate::routing::{self, RouteOptions};
+use crate::traces::{new_trace_id, PendingTrace, TraceRecord, TraceStatus};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -19,18 +20,6 @@ use std::time::{Duration, Instant};
 /// Non-streaming bodies up to this size are validated before relaying; larger ones are streamed
 /// through as they arrive.
 const VALIDATE_LIMIT: usize = 8 << 20;
-
-pub fn new_trace_id() -> String {
-    use rand::Rng;
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    format!(
-        "tr_{ms:011x}{:012x}",
-        rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff
-    )
-}
 
 fn header_true(headers: &HeaderMap, name: &str) -> bool {
     headers
@@ -136,16 +125,14 @@ pub async fn chat_completions(
     body: Body,
 ) -> Response {
     let rt = st.runtime();
-    let trace_id = new_trace_id();
-    let started = Instant::now();
     let mut meta = Meta {
-        trace_id,
+        trace_id: new_trace_id(),
         provider: None,
         model: None,
         tries: 0,
         failover: false,
     };
-    let mut resp = match handle_chat(&rt, &headers, body, &mut meta).await {
+    let mut resp = match handle_chat(&st, &rt, &headers, body, &mut meta).await {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(trace_id = %meta.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
@@ -153,11 +140,11 @@ pub async fn chat_completions(
         }
     };
     meta.apply(resp.headers_mut());
-    tracing::debug!(trace_id = %meta.trace_id, latency_us = started.elapsed().as_micros() as u64, "request done");
     resp
 }
 
 async fn handle_chat(
+    st: &AppState,
     rt: &Runtime,
     headers: &HeaderMap,
     body: Body,
@@ -166,6 +153,14 @@ async fn handle_chat(
     let auth = authenticate(&rt.config, headers)?;
     let bytes = read_body(headers, body, rt.config.max_body_size).await?;
     let req = ChatRequest::parse(&bytes)?;
+    let mut trace = PendingTrace::new(
+        st.traces.clone(),
+        TraceRecord::new(meta.trace_id.clone(), &req.model, req.stream),
+    );
+    if trace.store_bodies() {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        trace.update(|r| r.request_body = Some(text));
+    }
     let opts = RouteOptions {
         local_only: header_true(headers, "x-stockyard-local-only"),
         no_failover: header_true(headers, "x-stockyard-no-failover"),
@@ -183,12 +178,12 @@ async fn handle_chat(
         local_only,
         requested_model: &req.model,
     };
-    let started = Instant::now();
     let run = if req.stream {
         let include_usage = req.include_usage;
         attempt::run(
             &cands,
             &call,
+            &mut trace.attempts,
             |c| req.upstream_body(&c.model),
             |resp, p, started, deadline| {
                 super::stream::finish_stream(resp, p, started, deadline, include_usage)
@@ -199,62 +194,68 @@ async fn handle_chat(
         attempt::run(
             &cands,
             &call,
+            &mut trace.attempts,
             |c| req.upstream_body(&c.model),
             finish_chat_json,
         )
         .await
     };
-    Ok(respond(run, meta, &req.model, req.stream, started))
+    Ok(respond(run, meta, trace, &rt.config.pricing))
 }
 
-/// Turns a finished run into the client response and logs the request line.
+/// Turns a finished run into the client response, completes the trace (for a stream, when the
+/// stream ends) and logs the request line.
 pub fn respond(
     run: Run,
     meta: &mut Meta,
-    requested: &str,
-    stream: bool,
-    started: Instant,
+    mut trace: PendingTrace,
+    pricing: &std::collections::BTreeMap<String, crate::config::RawPrice>,
 ) -> Response {
     meta.tries = run.tries;
     meta.failover = run.failover;
-    let latency_ms = started.elapsed().as_millis() as u64;
-    let log = |status: u16, provider: Option<&str>, attempts: &[AttemptRecord]| {
-        tracing::info!(
-            trace_id = %meta.trace_id,
-            model = requested,
-            provider = provider.unwrap_or("-"),
-            attempts = attempts.len(),
-            tries = run.tries,
-            failover = run.failover,
-            stream,
-            status,
-            latency_ms,
-            "request"
-        );
-    };
-    match run.outcome {
+    let ttft_ms = run.ttfb.map(|d| d.as_millis() as u64);
+    trace.update(|r| {
+        r.tries = run.tries;
+        r.failover = run.failover;
+        r.ttft_ms = ttft_ms;
+    });
+    let (resp, status, provider_name) = match run.outcome {
         RunOutcome::Ok {
             success,
             provider,
             model,
         } => {
-            log(
-                success.status.as_u16(),
-                Some(provider.name()),
-                &run.attempts,
-            );
             meta.provider = Some(provider.name().to_string());
-            meta.model = Some(model);
+            meta.model = Some(model.clone());
+            let local = provider.cfg.local;
+            let usage = success.usage;
+            trace.update(|r| {
+                r.provider = Some(provider.name().to_string());
+                r.model = Some(model.clone());
+                r.local = local;
+                r.http_status = Some(success.status.as_u16());
+                set_usage(r, usage, pricing);
+            });
             let Success {
                 status,
                 headers,
                 body,
-                usage: _,
+                stream,
+                ..
             } = success;
+            let body = match stream {
+                Some(state) => {
+                    Body::from_stream(TracedStream::new(body, trace, state, pricing.clone()))
+                }
+                None => {
+                    trace.finish(TraceStatus::Ok);
+                    body
+                }
+            };
             let mut resp = Response::new(body);
             *resp.status_mut() = status;
             *resp.headers_mut() = headers;
-            resp
+            (resp, status.as_u16(), Some(provider.name().to_string()))
         }
         RunOutcome::Final {
             error,
@@ -262,15 +263,133 @@ pub fn respond(
             model,
         } => {
             let resp = final_error_response(&error);
-            log(resp.status().as_u16(), Some(provider.name()), &run.attempts);
             meta.provider = Some(provider.name().to_string());
-            meta.model = Some(model);
-            resp
+            meta.model = Some(model.clone());
+            let status = resp.status().as_u16();
+            trace.update(|r| {
+                r.provider = Some(provider.name().to_string());
+                r.model = Some(model);
+                r.local = provider.cfg.local;
+                r.http_status = Some(status);
+                r.error = Some(error.to_string());
+            });
+            trace.finish(TraceStatus::Error);
+            (resp, status, Some(provider.name().to_string()))
         }
         RunOutcome::Exhausted(e) => {
-            log(e.status().as_u16(), None, &run.attempts);
-            e.into_response()
+            let status = e.status().as_u16();
+            trace.update(|r| {
+                r.http_status = Some(status);
+                r.error = Some(e.to_string());
+            });
+            trace.finish(TraceStatus::Error);
+            (e.into_response(), status, None)
         }
+    };
+    tracing::info!(
+        trace_id = %meta.trace_id,
+        provider = provider_name.as_deref().unwrap_or("-"),
+        model = meta.model.as_deref().unwrap_or("-"),
+        tries = run.tries,
+        failover = run.failover,
+        status,
+        "request"
+    );
+    resp
+}
+
+fn set_usage(
+    r: &mut TraceRecord,
+    usage: Option<Usage>,
+    pricing: &std::collections::BTreeMap<String, crate::config::RawPrice>,
+) {
+    if let Some(u) = usage {
+        r.tokens_in = Some(u.prompt_tokens);
+        r.tokens_out = Some(u.completion_tokens);
+        let model = r.model.as_deref().unwrap_or(&r.model_requested);
+        r.cost_usd = Some(crate::traces::pricing::cost(
+            model,
+            r.local,
+            u.prompt_tokens,
+            u.completion_tokens,
+            pricing,
+        ));
+    }
+}
+
+/// Relays a committed stream's body and completes its trace when the stream ends (ok, or the
+/// upstream failed mid-stream) or is dropped (the client went away).
+struct TracedStream {
+    inner: axum::body::BodyDataStream,
+    trace: Option<PendingTrace>,
+    state: attempt::StreamState,
+    pricing: std::collections::BTreeMap<String, crate::config::RawPrice>,
+}
+
+impl TracedStream {
+    fn new(
+        body: Body,
+        trace: PendingTrace,
+        state: attempt::StreamState,
+        pricing: std::collections::BTreeMap<String, crate::config::RawPrice>,
+    ) -> TracedStream {
+        TracedStream {
+            inner: body.into_data_stream(),
+            trace: Some(trace),
+            state,
+            pricing,
+        }
+    }
+
+    fn complete(&mut self, client_gone: bool) {
+        let Some(mut trace) = self.trace.take() else {
+            return;
+        };
+        let end = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        let pricing = &self.pricing;
+        trace.update(|r| {
+            set_usage(
+                r,
+                end.usage
+                    .or(r.tokens_in.zip(r.tokens_out).map(|(p, c)| Usage {
+                        prompt_tokens: p,
+                        completion_tokens: c,
+                    })),
+                pricing,
+            );
+            if let Some(e) = &end.error {
+                r.error = Some(e.clone());
+            }
+        });
+        let status = if client_gone && !end.complete {
+            TraceStatus::ClientClosed
+        } else if end.error.is_some() {
+            TraceStatus::Error
+        } else {
+            TraceStatus::Ok
+        };
+        trace.finish(status);
+    }
+}
+
+impl futures::Stream for TracedStream {
+    type Item = Result<Bytes, axum::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(None) = next {
+            self.complete(false);
+        }
+        next
+    }
+}
+
+impl Drop for TracedStream {
+    fn drop(&mut self) {
+        self.complete(true);
     }
 }
 
@@ -418,6 +537,7 @@ pub async fn finish_chat_json(
                         headers,
                         body,
                         usage: None,
+                        stream: None,
                     });
                 }
             }
@@ -429,6 +549,7 @@ pub async fn finish_chat_json(
                     headers,
                     body: Body::from(body),
                     usage,
+                    stream: None,
                 });
             }
         }

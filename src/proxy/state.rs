@@ -277,13 +277,22 @@ fn default_provider(kind: Kind, config: &Config) -> ProviderConfig {
 pub struct AppState {
     runtime: RwLock<Arc<Runtime>>,
     pub started: Instant,
+    pub traces: crate::traces::TraceSink,
+    /// The trace database, for admin queries (None when traces are off).
+    pub db_path: Option<std::path::PathBuf>,
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Arc<AppState> {
+    pub fn new(
+        config: Config,
+        traces: crate::traces::TraceSink,
+        db_path: Option<std::path::PathBuf>,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
             runtime: RwLock::new(Arc::new(Runtime::new(config, None))),
             started: Instant::now(),
+            traces,
+            db_path,
         })
     }
 

@@ -4,7 +4,7 @@
 //! bytes, no re-serialisation), with backpressure: upstream is read only as fast as the client
 //! takes. A failure after content ends the stream with a `stream_error` event and no `[DONE]`.
 
-use super::attempt::{Success, Usage};
+use super::attempt::{StreamState, Success, Usage};
 use super::chat::{relay_headers, UsageJson};
 use super::classify::AttemptError;
 use super::state::ProviderRuntime;
@@ -222,7 +222,10 @@ pub async fn finish_stream(
             }
             Chunk::Content { finish } => {
                 held.push(ev.raw);
+                let state = StreamState::default();
                 let relay = Relay {
+                    state: state.clone(),
+                    error: None,
                     events,
                     provider: p,
                     deadline,
@@ -239,6 +242,7 @@ pub async fn finish_stream(
                     headers,
                     body: Body::from_stream(body),
                     usage,
+                    stream: Some(state),
                 });
             }
         }
@@ -265,15 +269,30 @@ struct Relay {
     finished: bool,
     usage: Option<Usage>,
     done: bool,
+    /// Why the stream was cut after content, if it was.
+    error: Option<String>,
+    /// Shared with the trace: usage and how the stream ended.
+    state: StreamState,
 }
 
 impl Relay {
+    fn publish(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.usage = self.usage;
+            s.error = self.error.clone();
+            s.complete = self.done;
+        }
+    }
+
     fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
         futures::stream::unfold(self, |mut r| async move {
             if r.done {
                 return None;
             }
             let out = r.next_bytes().await;
+            if r.done {
+                r.publish();
+            }
             Some((Ok(out), r))
         })
     }
@@ -307,6 +326,13 @@ impl Relay {
                 }
                 Ok(Some(Err(e))) => {
                     let e = stream_err(e, &self.provider);
+                    if self.finished && matches!(e, AttemptError::Transport(_)) {
+                        // Complete answer; the upstream dropped the connection (e.g. no final
+                        // chunk of a chunked body) instead of sending the terminator.
+                        self.done = true;
+                        tracing::debug!(provider = %self.provider.name(), error = %e, "connection closed after finish_reason without [DONE]");
+                        return sse::data_event("[DONE]");
+                    }
                     return self.fail(&e.to_string());
                 }
                 Ok(Some(Ok(ev))) => ev,
@@ -338,7 +364,17 @@ impl Relay {
 
     fn fail(&mut self, message: &str) -> Bytes {
         self.done = true;
+        self.error = Some(message.to_string());
         tracing::warn!(provider = %self.provider.name(), error = message, "stream interrupted after content");
         stream_error_event(message)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The client went away mid-stream: keep what was seen for the trace.
+        if !self.done {
+            self.publish();
+        }
     }
 }

@@ -11,11 +11,18 @@ pub struct Proxy {
     pub url: String,
     pub client: reqwest::Client,
     running: Option<Running>,
+    /// Holds the trace database (`<dir>/stockyard.db`).
+    pub data_dir: tempfile::TempDir,
 }
 
 impl Proxy {
     pub async fn start(yaml: &str) -> Proxy {
-        let cfg = load_str(yaml, "test.yaml", &Env::from_pairs([("HOME", "/tmp")]))
+        let data_dir = tempfile::tempdir().unwrap();
+        let env = Env::from_pairs([
+            ("HOME", "/tmp".to_string()),
+            ("STOCKYARD_DATA_DIR", data_dir.path().display().to_string()),
+        ]);
+        let cfg = load_str(yaml, "test.yaml", &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = start(cfg, Some(listener)).await.unwrap();
@@ -26,7 +33,29 @@ impl Proxy {
                 .build()
                 .unwrap(),
             running: Some(running),
+            data_dir,
         }
+    }
+
+    /// Waits until every finished request's trace is in the database.
+    pub async fn flush(&self) {
+        self.running.as_ref().unwrap().flush_traces().await;
+    }
+
+    /// Newest-first traces through the admin API, after a flush.
+    pub async fn traces(&self, query: &str) -> Vec<Value> {
+        self.flush().await;
+        let (s, v) = self.get_json(&format!("/api/traces?{query}")).await;
+        assert_eq!(s, 200, "{v}");
+        v["traces"].as_array().unwrap().clone()
+    }
+
+    /// One trace with its attempts, after a flush.
+    pub async fn trace(&self, id: &str) -> Value {
+        self.flush().await;
+        let (s, v) = self.get_json(&format!("/api/traces/{id}")).await;
+        assert_eq!(s, 200, "{v}");
+        v
     }
 
     pub fn state(&self) -> &std::sync::Arc<stockyard::proxy::state::AppState> {

@@ -1,0 +1,414 @@
+//! Request traces in SQLite, written off the request path: handlers push a finished
+//! [`TraceRecord`] into a bounded channel (never blocking, never touching SQLite); one writer
+//! thread drains it in batched transactions. A full channel or a failing disk drops the trace,
+//! counts it and logs once per interval; requests are never affected.
+
+pub mod db;
+pub mod pricing;
+pub mod query;
+
+use crate::proxy::attempt::AttemptRecord;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub const CHANNEL_CAPACITY: usize = 16_384;
+const BATCH: usize = 512;
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceStatus {
+    Ok,
+    Error,
+    ClientClosed,
+}
+
+impl TraceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceStatus::Ok => "ok",
+            TraceStatus::Error => "error",
+            TraceStatus::ClientClosed => "client_closed",
+        }
+    }
+}
+
+/// One client request, as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceRecord {
+    pub id: String,
+    pub created_at: u64,
+    pub model_requested: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub status: TraceStatus,
+    pub http_status: Option<u16>,
+    /// Upstream calls made.
+    pub tries: u32,
+    pub failover: bool,
+    pub local: bool,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
+    pub cost_usd: Option<f64>,
+    pub error: Option<String>,
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl TraceRecord {
+    pub fn new(id: String, model_requested: &str, stream: bool) -> TraceRecord {
+        TraceRecord {
+            created_at: id_time_ms(&id).unwrap_or_else(now_ms),
+            id,
+            model_requested: model_requested.to_string(),
+            provider: None,
+            model: None,
+            stream,
+            status: TraceStatus::Error,
+            http_status: None,
+            tries: 0,
+            failover: false,
+            local: false,
+            latency_ms: 0,
+            ttft_ms: None,
+            tokens_in: None,
+            tokens_out: None,
+            cost_usd: None,
+            error: None,
+            request_body: None,
+            response_body: None,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+/// The creation time encoded in a trace id (`tr_` + 11 hex digits of ms).
+pub fn id_time_ms(id: &str) -> Option<u64> {
+    u64::from_str_radix(id.get(3..14)?, 16).ok()
+}
+
+/// A new time-sortable trace id.
+pub fn new_trace_id() -> String {
+    use rand::Rng;
+    format!(
+        "tr_{:011x}{:012x}",
+        now_ms(),
+        rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff
+    )
+}
+
+/// Counters the writer and the sink share (exposed in metrics and the admin API).
+#[derive(Debug, Default)]
+pub struct TraceStats {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    last_drop_log: Mutex<Option<Instant>>,
+}
+
+impl TraceStats {
+    fn drop_one(&self, why: &str) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        self.log_drops(n, why);
+    }
+
+    fn log_drops(&self, total: u64, why: &str) {
+        let mut last = self.last_drop_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL) {
+            *last = Some(Instant::now());
+            tracing::warn!(dropped_total = total, reason = why, "traces dropped");
+        }
+    }
+}
+
+/// Where handlers send finished traces. Cloning is cheap; sending never blocks.
+#[derive(Clone, Debug)]
+pub struct TraceSink {
+    tx: Option<mpsc::Sender<Msg>>,
+    /// Traces are wanted; with no writer (the database could not be opened) each is a drop.
+    enabled: bool,
+    pub stats: Arc<TraceStats>,
+    pub store_bodies: bool,
+}
+
+impl TraceSink {
+    /// A sink that stores nothing (`traces.enabled: false`).
+    pub fn disabled() -> TraceSink {
+        TraceSink {
+            tx: None,
+            enabled: false,
+            stats: Arc::new(TraceStats::default()),
+            store_bodies: false,
+        }
+    }
+
+    /// A sink whose database is unavailable: every trace is counted as dropped.
+    pub fn broken() -> TraceSink {
+        TraceSink {
+            enabled: true,
+            ..TraceSink::disabled()
+        }
+    }
+
+    pub fn send(&self, rec: TraceRecord) {
+        let Some(tx) = &self.tx else {
+            if self.enabled {
+                self.stats.drop_one("trace database unavailable");
+            }
+            return;
+        };
+        if let Err(e) = tx.try_send(Msg::Record(Box::new(rec))) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "trace queue full",
+                mpsc::error::TrySendError::Closed(_) => "trace writer stopped",
+            };
+            self.stats.drop_one(why);
+        }
+    }
+}
+
+/// The background writer; [`TraceWriter::shutdown`] flushes what is queued.
+pub struct TraceWriter {
+    pub sink: TraceSink,
+    pub path: PathBuf,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TraceWriter {
+    /// Opens the database (migrating it) and starts the writer thread.
+    pub fn start(path: PathBuf, store_bodies: bool) -> rusqlite::Result<TraceWriter> {
+        let conn = db::open(&path)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let stats = Arc::new(TraceStats::default());
+        let st = stats.clone();
+        let handle = std::thread::Builder::new()
+            .name("stockyard-traces".into())
+            .spawn(move || writer_loop(conn, rx, st))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(TraceWriter {
+            sink: TraceSink {
+                tx: Some(tx),
+                enabled: true,
+                stats,
+                store_bodies,
+            },
+            path,
+            handle: Some(handle),
+        })
+    }
+
+    /// Waits until every trace queued before this call is written.
+    pub async fn flush(&self) {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        if let Some(tx) = &self.sink.tx {
+            if tx.send(Msg::Flush(ack)).await.is_ok() {
+                let _ = done.await;
+            }
+        }
+    }
+
+    /// Writes everything queued so far, then stops the writer thread (blocking).
+    pub fn shutdown(mut self) {
+        if let Some(tx) = self.sink.tx.take() {
+            let _ = tx.blocking_send(Msg::Stop);
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// What the writer thread receives.
+#[derive(Debug)]
+pub enum Msg {
+    Record(Box<TraceRecord>),
+    /// Acknowledge once everything before this message is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+    Stop,
+}
+
+fn writer_loop(
+    mut conn: rusqlite::Connection,
+    mut rx: mpsc::Receiver<Msg>,
+    stats: Arc<TraceStats>,
+) {
+    let mut batch: Vec<TraceRecord> = Vec::with_capacity(BATCH);
+    let mut acks = Vec::new();
+    let mut stop = false;
+    while !stop {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Record(r) => batch.push(*r),
+                Msg::Flush(ack) => acks.push(ack),
+                Msg::Stop => {
+                    stop = true;
+                    break;
+                }
+            }
+            if batch.len() >= BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            write_batch(&mut conn, &batch, &stats);
+            batch.clear();
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+fn write_batch(conn: &mut rusqlite::Connection, batch: &[TraceRecord], stats: &TraceStats) {
+    {
+        match insert_batch(conn, batch) {
+            Ok(()) => {
+                stats
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let n = stats
+                    .dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed)
+                    + batch.len() as u64;
+                stats.log_drops(n, &format!("database error: {e}"));
+            }
+        }
+    }
+}
+
+pub fn insert_batch(
+    conn: &mut rusqlite::Connection,
+    batch: &[TraceRecord],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut req = tx.prepare_cached(
+            "INSERT OR REPLACE INTO requests (id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, request_body, response_body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+        )?;
+        let mut att = tx.prepare_cached(
+            "INSERT OR REPLACE INTO attempts (request_id, seq, provider, model, outcome, reason, http_status, latency_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for r in batch {
+            req.execute(rusqlite::params![
+                r.id,
+                r.created_at as i64,
+                r.model_requested,
+                r.provider,
+                r.model,
+                r.stream,
+                r.status.as_str(),
+                r.http_status,
+                r.tries,
+                r.failover,
+                r.local,
+                r.latency_ms as i64,
+                r.ttft_ms.map(|v| v as i64),
+                r.tokens_in.map(|v| v as i64),
+                r.tokens_out.map(|v| v as i64),
+                r.cost_usd,
+                r.error,
+                r.request_body,
+                r.response_body,
+            ])?;
+            for (seq, a) in r.attempts.iter().enumerate() {
+                att.execute(rusqlite::params![
+                    r.id,
+                    seq as i64,
+                    a.provider,
+                    a.model,
+                    a.outcome.as_str(),
+                    a.reason,
+                    a.http_status,
+                    a.latency_ms as i64,
+                ])?;
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// A trace under construction for one request. Finish it with [`PendingTrace::finish`]; if it is
+/// dropped unfinished (the client went away), it is recorded as `client_closed`.
+pub struct PendingTrace {
+    rec: Option<TraceRecord>,
+    /// Attempts so far; filled in place by the attempt loop.
+    pub attempts: Vec<AttemptRecord>,
+    sink: TraceSink,
+    started: Instant,
+}
+
+impl PendingTrace {
+    pub fn new(sink: TraceSink, rec: TraceRecord) -> PendingTrace {
+        PendingTrace {
+            rec: Some(rec),
+            attempts: Vec::new(),
+            sink,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.rec.as_ref().map(|r| r.id.as_str()).unwrap_or("")
+    }
+
+    pub fn store_bodies(&self) -> bool {
+        self.sink.store_bodies
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Edits the record in place.
+    pub fn update(&mut self, f: impl FnOnce(&mut TraceRecord)) {
+        if let Some(r) = self.rec.as_mut() {
+            f(r);
+        }
+    }
+
+    /// Records the trace with its final status.
+    pub fn finish(mut self, status: TraceStatus) {
+        self.send(status);
+    }
+
+    fn send(&mut self, status: TraceStatus) {
+        if let Some(mut rec) = self.rec.take() {
+            rec.status = status;
+            rec.latency_ms = self.started.elapsed().as_millis() as u64;
+            if status == TraceStatus::ClientClosed && rec.error.is_none() {
+                rec.error = Some("client closed the connection".into());
+            }
+            rec.attempts = std::mem::take(&mut self.attempts);
+            self.sink.send(rec);
+        }
+    }
+}
+
+impl Drop for PendingTrace {
+    fn drop(&mut self) {
+        self.send(TraceStatus::ClientClosed);
+    }
+}
