@@ -36,6 +36,18 @@ pub enum Command {
     },
     /// Write a commented starter stockyard.yaml (refuses to overwrite)
     Init,
+    /// Print recent traces from the database
+    Traces {
+        /// How many (newest first)
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only requests that failed over
+        #[arg(long)]
+        failover: bool,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Loads the config or prints `file:line:col: message` and returns exit code 1.
@@ -224,5 +236,125 @@ pub fn init(path: Option<&std::path::Path>) -> i32 {
             eprintln!("{}: cannot write: {e}", path.display());
             1
         }
+    }
+}
+
+pub fn traces(path: Option<&std::path::Path>, limit: u32, failover: bool, json: bool) -> i32 {
+    let cfg = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let db = cfg.data_dir.join("stockyard.db");
+    if !db.exists() {
+        eprintln!(
+            "{}: no trace database yet (it is created when the proxy first runs)",
+            db.display()
+        );
+        return 1;
+    }
+    let filter = crate::traces::query::TraceFilter {
+        limit: Some(limit),
+        failover: failover.then_some(true),
+        ..Default::default()
+    };
+    let rows = match crate::traces::db::open_reader(&db)
+        .and_then(|c| crate::traces::query::list(&c, &filter))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", db.display());
+            return 1;
+        }
+    };
+    if json {
+        println!("{}", serde_json::json!({ "traces": rows }));
+        return 0;
+    }
+    print!("{}", traces_table(&rows));
+    0
+}
+
+/// The table `stockyard traces` prints.
+pub fn traces_table(rows: &[serde_json::Value]) -> String {
+    let mut out = format!(
+        "{:<30} {:<19} {:<24} {:<12} {:<6} {:>4} {:>3} {:>8} {:>11} {:>10}\n",
+        "ID", "TIME (UTC)", "MODEL", "PROVIDER", "STATUS", "HTTP", "TRY", "MS", "TOKENS", "COST $"
+    );
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let n = |k: &str| {
+            r[k].as_i64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        let model = s("model_requested");
+        let mut provider = s("provider");
+        if r["failover"].as_bool() == Some(true) {
+            provider.push('*');
+        }
+        out.push_str(&format!(
+            "{:<30} {:<19} {:<24} {:<12} {:<6} {:>4} {:>3} {:>8} {:>11} {:>10}\n",
+            s("id"),
+            format_time(r["created_at"].as_i64().unwrap_or(0)),
+            truncate(&model, 24),
+            truncate(&provider, 12),
+            truncate(&s("status"), 6),
+            n("http_status"),
+            n("attempts"),
+            n("latency_ms"),
+            format!("{}/{}", n("tokens_in"), n("tokens_out")),
+            r["cost_usd"]
+                .as_f64()
+                .map(|c| format!("{c:.6}"))
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("(no traces)\n");
+    } else {
+        out.push_str("* = failed over\n");
+    }
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('~');
+        t
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) from unix milliseconds.
+pub fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn format_time_is_utc_civil() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_time(1_795_427_155_166), "2026-11-23 09:45:55");
     }
 }

@@ -89,6 +89,11 @@ fn main() {
         Some(Command::Check) => cli::check(path),
         Some(Command::Route { model, local_only }) => cli::route(path, &model, local_only),
         Some(Command::Init) => cli::init(path),
+        Some(Command::Traces {
+            limit,
+            failover,
+            json,
+        }) => cli::traces(path, limit, failover, json),
     };
     std::process::exit(code);
 }

@@ -47,7 +47,10 @@ fn start_traces(config: &Config) -> (TraceSink, Option<TraceWriter>, Option<std:
     }
     let path = config.data_dir.join("stockyard.db");
     match TraceWriter::start(path.clone(), config.traces.store_bodies) {
-        Ok(w) => (w.sink.clone(), Some(w), Some(path)),
+        Ok(w) => {
+            w.spawn_retention(config.traces.retention_days);
+            (w.sink.clone(), Some(w), Some(path))
+        }
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "cannot open the trace database; requests will be served but not traced");
             (TraceSink::broken(), None, None)
@@ -62,6 +65,10 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> std::io::Re
         None => TcpListener::bind(config.listen).await?,
     };
     let addr = listener.local_addr()?;
+    // Small SSE writes must leave at once, not wait for the client's delayed ACK (Nagle).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let (sink, writer, db_path) = start_traces(&config);
     let state = AppState::new(config, sink, db_path);
     let app = proxy::router(state.clone());

@@ -1,6 +1,7 @@
 //! Provider kinds as data: each kind's default base URL, auth style, key variable, wire format and
 //! health-check path. Adding an OpenAI-compatible vendor is one row in [`KINDS`], not new code.
 
+pub mod anthropic;
 pub mod openai;
 
 use serde::Serialize;

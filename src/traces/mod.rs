@@ -211,6 +211,24 @@ impl TraceWriter {
         })
     }
 
+    /// Starts the retention task: prunes traces older than `days` now and every hour.
+    pub fn spawn_retention(&self, days: u32) -> Option<tokio::task::JoinHandle<()>> {
+        if days == 0 {
+            return None;
+        }
+        let tx = self.sink.tx.clone()?;
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let cutoff = now_ms().saturating_sub(u64::from(days) * 86_400_000);
+                if tx.send(Msg::Prune(cutoff)).await.is_err() {
+                    return;
+                }
+            }
+        }))
+    }
+
     /// Waits until every trace queued before this call is written.
     pub async fn flush(&self) {
         let (ack, done) = tokio::sync::oneshot::channel();
@@ -238,6 +256,8 @@ pub enum Msg {
     Record(Box<TraceRecord>),
     /// Acknowledge once everything before this message is written.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Delete traces created before this unix-ms time, in small batches.
+    Prune(u64),
     Stop,
 }
 
@@ -258,6 +278,17 @@ fn writer_loop(
             match msg {
                 Msg::Record(r) => batch.push(*r),
                 Msg::Flush(ack) => acks.push(ack),
+                Msg::Prune(cutoff) => {
+                    if !batch.is_empty() {
+                        write_batch(&mut conn, &batch, &stats);
+                        batch.clear();
+                    }
+                    match prune(&mut conn, cutoff) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "pruned old traces"),
+                        Err(e) => tracing::warn!(error = %e, "pruning traces failed"),
+                    }
+                }
                 Msg::Stop => {
                     stop = true;
                     break;
@@ -293,6 +324,40 @@ fn write_batch(conn: &mut rusqlite::Connection, batch: &[TraceRecord], stats: &T
                     + batch.len() as u64;
                 stats.log_drops(n, &format!("database error: {e}"));
             }
+        }
+    }
+}
+
+const PRUNE_BATCH: usize = 1000;
+
+/// Deletes traces older than `cutoff_ms` in transactions of at most [`PRUNE_BATCH`] requests, so
+/// the writer never holds the database for long. Returns the number of requests deleted.
+pub fn prune(conn: &mut rusqlite::Connection, cutoff_ms: u64) -> rusqlite::Result<usize> {
+    let mut total = 0;
+    loop {
+        let tx = conn.transaction()?;
+        let ids: Vec<String> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM requests WHERE created_at < ?1 ORDER BY created_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(
+                rusqlite::params![cutoff_ms as i64, PRUNE_BATCH as i64],
+                |r| r.get(0),
+            )?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        {
+            let mut del_a = tx.prepare_cached("DELETE FROM attempts WHERE request_id = ?1")?;
+            let mut del_r = tx.prepare_cached("DELETE FROM requests WHERE id = ?1")?;
+            for id in &ids {
+                del_a.execute([id])?;
+                del_r.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        total += ids.len();
+        if ids.len() < PRUNE_BATCH {
+            return Ok(total);
         }
     }
 }
@@ -410,5 +475,98 @@ impl PendingTrace {
 impl Drop for PendingTrace {
     fn drop(&mut self) {
         self.send(TraceStatus::ClientClosed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, created_at: u64) -> TraceRecord {
+        let mut r = TraceRecord::new(id.to_string(), "m", false);
+        r.created_at = created_at;
+        r.attempts.push(AttemptRecord {
+            provider: "p".into(),
+            model: "m".into(),
+            outcome: crate::proxy::attempt::AttemptOutcome::Ok,
+            reason: None,
+            http_status: Some(200),
+            latency_ms: 1,
+        });
+        r
+    }
+
+    #[test]
+    fn prune_deletes_old_rows_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = db::open(&dir.path().join("t.db")).unwrap();
+        let old: Vec<TraceRecord> = (0..2500)
+            .map(|i| rec(&format!("tr_old{i:05}"), 1000 + i))
+            .collect();
+        insert_batch(&mut conn, &old).unwrap();
+        insert_batch(&mut conn, &[rec("tr_new", 10_000_000)]).unwrap();
+        assert_eq!(prune(&mut conn, 1_000_000).unwrap(), 2500);
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
+            .unwrap();
+        let a: i64 = conn
+            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((n, a), (1, 1));
+    }
+
+    #[test]
+    fn a_full_disk_drops_traces_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(&dir.path().join("t.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "DELETE").unwrap();
+        // Cap the database at its current size: every insert now fails with SQLITE_FULL.
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let stats = Arc::new(TraceStats::default());
+        let (tx, rx) = mpsc::channel(16);
+        let st = stats.clone();
+        let h = std::thread::spawn(move || writer_loop(conn, rx, st));
+        for i in 0..5 {
+            let mut r = rec(&format!("tr_{i:020}"), 1);
+            r.request_body = Some("x".repeat(64 * 1024)); // needs new pages
+            tx.blocking_send(Msg::Record(Box::new(r))).unwrap();
+        }
+        tx.blocking_send(Msg::Stop).unwrap();
+        h.join().unwrap();
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 5);
+        assert_eq!(stats.written.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn migrations_upgrade_an_older_database_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            // A database from before the schema_version table existed at all.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE unrelated (x INTEGER); INSERT INTO unrelated VALUES (7);",
+            )
+            .unwrap();
+        }
+        let conn = db::open(&path).unwrap();
+        assert_eq!(
+            db::version(&conn).unwrap(),
+            db::MIGRATIONS.last().unwrap().0
+        );
+        let x: i64 = conn
+            .query_row("SELECT x FROM unrelated", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(x, 7, "existing data kept");
+        drop(conn);
+        // Re-opening applies nothing twice.
+        let conn = db::open(&path).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, db::MIGRATIONS.len() as i64);
     }
 }
