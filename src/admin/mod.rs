@@ -30,6 +30,36 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(middleware::from_fn_with_state(state, admin_guard))
 }
 
+/// The Lookout dashboard page, embedded in the binary.
+const UI_HTML: &str = include_str!("ui.html");
+
+/// `GET /ui`: the dashboard. The page itself needs no key (it holds no data); every data call it
+/// makes goes to `/api/*` with the admin key.
+pub fn ui_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/ui", get(ui_page))
+        .route("/ui/", get(ui_page))
+}
+
+async fn ui_page() -> Response {
+    (
+        [
+            (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (http::header::CACHE_CONTROL, "no-cache"),
+            (
+                http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+                 img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+                 form-action 'none'; frame-ancestors 'none'",
+            ),
+            (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (http::header::REFERRER_POLICY, "no-referrer"),
+        ],
+        UI_HTML,
+    )
+        .into_response()
+}
+
 /// Applies the admin rule before any `/api/*` handler runs.
 pub async fn admin_guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let peer = req

@@ -22,6 +22,8 @@ pub enum Auth {
 pub enum Wire {
     /// OpenAI Chat Completions; bodies pass through untouched except for `model`.
     OpenAi,
+    /// Anthropic Messages; requests and responses are translated ([`anthropic`]).
+    Anthropic,
 }
 
 /// Static facts about a provider kind.
@@ -98,14 +100,17 @@ pub static KINDS: &[KindInfo] = &[
         "https://api.openai.com/v1",
         Some("OPENAI_API_KEY"),
     ),
-    // Until the native Messages translation lands, Anthropic is reached through its
-    // OpenAI-compatible endpoint under the same base URL.
-    row(
-        Kind::Anthropic,
-        "anthropic",
-        "https://api.anthropic.com/v1",
-        Some("ANTHROPIC_API_KEY"),
-    ),
+    // Native Messages API: `x-api-key` + `anthropic-version`, bodies translated.
+    KindInfo {
+        auth: Auth::XApiKey,
+        wire: Wire::Anthropic,
+        ..row(
+            Kind::Anthropic,
+            "anthropic",
+            "https://api.anthropic.com/v1",
+            Some("ANTHROPIC_API_KEY"),
+        )
+    },
     row(
         Kind::Google,
         "google",

@@ -2,11 +2,15 @@
 //! how transport failures map onto attempt errors. Bodies pass through untouched except for the
 //! fields the proxy rewrites.
 
+use crate::providers::Wire;
 use crate::proxy::classify::{http_error, parse_retry_after, AttemptError};
 use crate::proxy::state::{auth_header, ProviderRuntime};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
+
+/// The Messages API version Stockyard speaks.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Upstream headers worth passing back to the client.
 pub const RELAYED_HEADERS: &[&str] = &[
@@ -52,6 +56,9 @@ pub async fn send(
     };
     if let Some((name, value)) = auth {
         req = req.header(name, value);
+    }
+    if p.cfg.kind.info().wire == Wire::Anthropic {
+        req = req.header("anthropic-version", ANTHROPIC_VERSION);
     }
     for (name, value) in &p.cfg.headers {
         req = req.header(name, value);

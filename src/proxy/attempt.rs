@@ -6,7 +6,7 @@ use super::classify::{AttemptError, Class};
 use super::state::{admit, ProviderRuntime, Refused};
 use crate::config::RetryOn;
 use crate::error::{ApiError, AttemptSummary};
-use crate::providers::openai;
+use crate::providers::{openai, Wire};
 use crate::routing::SkipReason;
 use axum::body::Body;
 use http::{HeaderMap, StatusCode};
@@ -112,9 +112,22 @@ pub struct Run {
     pub ttfb: Option<Duration>,
 }
 
+/// One attempt's context, handed to the response reader.
+pub struct AttemptCtx {
+    pub provider: Arc<ProviderRuntime>,
+    /// The model name sent upstream.
+    pub model: String,
+    pub started: Instant,
+    /// When the attempt's `total` timeout runs out.
+    pub deadline: Instant,
+}
+
 /// What to send and how to read the answer.
 pub struct Call<'a> {
+    /// Endpoint under the API root for OpenAI-compatible providers, e.g. `/chat/completions`.
     pub path: &'static str,
+    /// The same endpoint for Anthropic-native providers (`/messages`), if it has one.
+    pub anthropic_path: Option<&'static str>,
     pub accept_sse: bool,
     /// Bring-your-own key replacing the configured one.
     pub key: Option<&'a str>,
@@ -137,8 +150,8 @@ pub async fn run<B, F, Fut>(
     finish: F,
 ) -> Run
 where
-    B: Fn(&Cand) -> Vec<u8>,
-    F: Fn(reqwest::Response, Arc<ProviderRuntime>, Instant, Instant) -> Fut,
+    B: Fn(&Cand) -> Result<Vec<u8>, AttemptError>,
+    F: Fn(reqwest::Response, AttemptCtx) -> Fut,
     Fut: Future<Output = Result<Success, AttemptError>>,
 {
     let mut tries = 0u32;
@@ -200,17 +213,32 @@ where
             ));
             let total = p.cfg.timeouts.total;
             let deadline = started + total;
-            let body = body_for(c);
             let mut ttfb = None;
             let attempt = async {
-                let resp = openai::send(p, call.path, body, call.key, call.accept_sse).await?;
+                let body = body_for(c)?;
+                let path = match p.cfg.kind.info().wire {
+                    Wire::OpenAi => call.path,
+                    Wire::Anthropic => call.anthropic_path.ok_or_else(|| {
+                        AttemptError::Translate("this provider has no such endpoint".into())
+                    })?,
+                };
+                let resp = openai::send(p, path, body, call.key, call.accept_sse).await?;
                 ttfb = Some(started.elapsed());
                 if !resp.status().is_success() {
                     return Err(
                         openai::error_from_response(resp, p.cfg.timeouts.idle, deadline).await,
                     );
                 }
-                finish(resp, p.clone(), started, deadline).await
+                finish(
+                    resp,
+                    AttemptCtx {
+                        provider: p.clone(),
+                        model: c.model.clone(),
+                        started,
+                        deadline,
+                    },
+                )
+                .await
             };
             let result = match tokio::time::timeout(total, attempt).await {
                 Ok(r) => r,

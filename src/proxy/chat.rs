@@ -1,12 +1,13 @@
 //! `POST /v1/chat/completions` and `GET /v1/models`.
 
-use super::attempt::{self, Call, Cand, Run, RunOutcome, Success, Usage};
+use super::attempt::{self, AttemptCtx, Call, Cand, Run, RunOutcome, Success, Usage};
 use super::auth::{authenticate, ClientAuth};
 use super::body::ChatRequest;
 use super::classify::{AttemptError, ErrorInfo};
 use super::state::{AppState, ProviderRuntime, Runtime};
 use crate::error::{openai_error_body, ApiError};
 use crate::providers::openai::{self, RELAYED_HEADERS};
+use crate::providers::{anthropic, Wire};
 use crate::routing::{self, RouteOptions};
 use crate::traces::{new_trace_id, PendingTrace, TraceRecord, TraceStatus};
 use axum::body::{Body, Bytes};
@@ -172,31 +173,47 @@ async fn handle_chat(
     };
     let call = Call {
         path: "/chat/completions",
+        anthropic_path: Some("/messages"),
         accept_sse: req.stream,
         key,
         retry_on: &rt.config.failover.retry_on,
         local_only,
         requested_model: &req.model,
     };
+    // The request as a JSON tree, parsed only if a candidate needs translation.
+    let tree: std::sync::OnceLock<Result<serde_json::Value, String>> = std::sync::OnceLock::new();
+    let body_for = |c: &Cand| -> Result<Vec<u8>, AttemptError> {
+        match c.provider.cfg.kind.info().wire {
+            Wire::OpenAi => Ok(req.upstream_body(&c.model)),
+            Wire::Anthropic => {
+                let v = tree
+                    .get_or_init(|| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+                    .as_ref()
+                    .map_err(|e| AttemptError::Translate(e.clone()))?;
+                let out = anthropic::request_to_anthropic(v, &c.model, req.stream)
+                    .map_err(|e| AttemptError::Translate(e.to_string()))?;
+                serde_json::to_vec(&out).map_err(|e| AttemptError::Translate(e.to_string()))
+            }
+        }
+    };
     let run = if req.stream {
         let include_usage = req.include_usage;
-        attempt::run(
-            &cands,
-            &call,
-            &mut trace.attempts,
-            |c| req.upstream_body(&c.model),
-            |resp, p, started, deadline| {
-                super::stream::finish_stream(resp, p, started, deadline, include_usage)
-            },
-        )
+        attempt::run(&cands, &call, &mut trace.attempts, body_for, |resp, ctx| {
+            super::stream::finish_stream(resp, ctx, include_usage)
+        })
         .await
     } else {
         attempt::run(
             &cands,
             &call,
             &mut trace.attempts,
-            |c| req.upstream_body(&c.model),
-            finish_chat_json,
+            body_for,
+            |resp, ctx| async move {
+                match ctx.provider.cfg.kind.info().wire {
+                    Wire::OpenAi => finish_chat_json(resp, ctx).await,
+                    Wire::Anthropic => finish_anthropic_json(resp, ctx).await,
+                }
+            },
         )
         .await
     };
@@ -507,10 +524,9 @@ pub fn validate_chat_json(status: u16, body: &[u8]) -> Result<Option<Usage>, Att
 /// bodies over [`VALIDATE_LIMIT`] are streamed through as they arrive.
 pub async fn finish_chat_json(
     resp: reqwest::Response,
-    p: Arc<ProviderRuntime>,
-    _started: Instant,
-    deadline: Instant,
+    ctx: AttemptCtx,
 ) -> Result<Success, AttemptError> {
+    let (p, deadline) = (ctx.provider, ctx.deadline);
     let status = resp.status();
     let headers = relay_headers(resp.headers(), "application/json");
     let idle = p.cfg.timeouts.idle;
@@ -567,6 +583,42 @@ where
             std::io::ErrorKind::TimedOut,
             "upstream idle timeout",
         )),
+    })
+}
+
+/// Reads a 2xx Anthropic Messages answer and translates it into a chat completion.
+pub async fn finish_anthropic_json(
+    resp: reqwest::Response,
+    ctx: AttemptCtx,
+) -> Result<Success, AttemptError> {
+    let status = resp.status();
+    let headers = relay_headers(resp.headers(), "application/json");
+    let p = &ctx.provider;
+    let (body, truncated) =
+        openai::read_limited(resp, VALIDATE_LIMIT, p.cfg.timeouts.idle, ctx.deadline).await?;
+    if truncated {
+        return Err(AttemptError::Malformed(
+            "Anthropic response too large to translate".into(),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| AttemptError::Malformed(format!("body is not JSON ({e})")))?;
+    if v.get("type").and_then(|t| t.as_str()) == Some("error") {
+        return Err(AttemptError::ErrorBody {
+            status: status.as_u16(),
+            body,
+        });
+    }
+    let out = anthropic::response_to_openai(&v, &ctx.model)
+        .map_err(|e| AttemptError::Malformed(e.to_string()))?;
+    let bytes = serde_json::to_vec(&out).map_err(|e| AttemptError::Malformed(e.to_string()))?;
+    let usage = validate_chat_json(status.as_u16(), &bytes)?;
+    Ok(Success {
+        status,
+        headers,
+        body: Body::from(bytes),
+        usage,
+        stream: None,
     })
 }
 
@@ -629,6 +681,9 @@ async fn fetch_models(p: &ProviderRuntime) -> Option<Vec<String>> {
     let mut req = p.client.get(p.url("/models"));
     if let Some((n, v)) = p.auth() {
         req = req.header(n, v);
+    }
+    if p.cfg.kind.info().wire == Wire::Anthropic {
+        req = req.header("anthropic-version", openai::ANTHROPIC_VERSION);
     }
     for (n, v) in &p.cfg.headers {
         req = req.header(n, v);

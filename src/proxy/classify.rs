@@ -35,6 +35,8 @@ pub enum AttemptError {
     Transport(String),
     #[error("malformed upstream response: {0}")]
     Malformed(String),
+    #[error("request cannot be translated for this provider: {0}")]
+    Translate(String),
     #[error("stream failed before any content: {0}")]
     StreamError(String),
     #[error("upstream answered {status} with an error body")]
@@ -76,6 +78,7 @@ impl AttemptError {
             | AttemptError::IdleTimeout(_)
             | AttemptError::TotalTimeout(_) => retry(retry_on.timeout),
             AttemptError::StreamError(_) => retry(retry_on.stream_error),
+            AttemptError::Translate(_) => Class::Skip,
             AttemptError::Malformed(_) | AttemptError::ErrorBody { .. } => Class::Retryable {
                 same_provider: true,
             },
@@ -101,6 +104,7 @@ impl AttemptError {
             AttemptError::Malformed(_) => "malformed_response",
             AttemptError::ErrorBody { .. } => "upstream_error",
             AttemptError::StreamError(_) => "stream_error",
+            AttemptError::Translate(_) => "untranslatable",
             AttemptError::Http { kind, .. } => match kind {
                 HttpErrorKind::NotFound => "not_found",
                 HttpErrorKind::ContextLength => "context_length",
@@ -123,6 +127,7 @@ impl AttemptError {
     pub fn exhausted_status(&self) -> u16 {
         match self {
             AttemptError::Http { status, .. } => *status,
+            AttemptError::Translate(_) => 400,
             AttemptError::ConnectTimeout(_)
             | AttemptError::FirstByteTimeout(_)
             | AttemptError::IdleTimeout(_)

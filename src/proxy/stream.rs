@@ -4,11 +4,13 @@
 //! bytes, no re-serialisation), with backpressure: upstream is read only as fast as the client
 //! takes. A failure after content ends the stream with a `stream_error` event and no `[DONE]`.
 
-use super::attempt::{StreamState, Success, Usage};
+use super::attempt::{AttemptCtx, StreamState, Success, Usage};
 use super::chat::{relay_headers, UsageJson};
 use super::classify::AttemptError;
 use super::state::ProviderRuntime;
+use crate::providers::anthropic::{AnthropicToOpenAiStream, OpenAiOut};
 use crate::providers::openai::transport_error;
+use crate::providers::Wire;
 use crate::sse::{self, SseEvent, StreamError};
 use axum::body::{Body, Bytes};
 use futures::{Stream, StreamExt};
@@ -140,6 +142,59 @@ pub fn classify_event(ev: &SseEvent) -> Result<(Chunk, Option<Usage>), AttemptEr
     ))
 }
 
+/// An SSE event synthesised from JSON (its raw bytes are what the client receives).
+fn synth_event(event: Option<&str>, data: String) -> SseEvent {
+    let raw = match event {
+        Some(name) => sse::named_event(name, &data),
+        None => sse::data_event(&data),
+    };
+    SseEvent {
+        raw,
+        event: event.map(str::to_string),
+        data: Some(data),
+        id: None,
+        comments: Vec::new(),
+    }
+}
+
+/// Translates an Anthropic Messages event stream into OpenAI chunk events, so the same
+/// pre-content rules and relay apply. Usage is always requested from the translator (for
+/// traces); the relay drops the usage chunk unless the client asked for it.
+fn anthropic_events(inner: EventStream, model: &str) -> EventStream {
+    let mut tr = AnthropicToOpenAiStream::new(model, true);
+    Box::pin(inner.flat_map(move |item| {
+        let out: Vec<Result<SseEvent, StreamError<reqwest::Error>>> = match item {
+            Err(e) => vec![Err(e)],
+            Ok(ev) if ev.is_comment_only() => vec![Ok(ev)],
+            Ok(ev) => match ev.data.as_deref() {
+                None => Vec::new(),
+                Some(data) => match tr.on_event(ev.event.as_deref(), data) {
+                    Ok(outs) => outs
+                        .into_iter()
+                        .map(|o| {
+                            Ok(match o {
+                                OpenAiOut::Chunk(v) => synth_event(None, v.to_string()),
+                                OpenAiOut::Error { etype, message } => synth_event(
+                                    None,
+                                    serde_json::json!({"error": {"type": etype, "message": message}})
+                                        .to_string(),
+                                ),
+                                OpenAiOut::Done => synth_event(None, "[DONE]".into()),
+                            })
+                        })
+                        .collect(),
+                    Err(e) => vec![Ok(synth_event(
+                        None,
+                        serde_json::json!({"error": {"type": "malformed_event", "message": e.to_string()}})
+                            .to_string(),
+                    ))],
+                },
+            },
+        };
+        futures::stream::iter(out)
+    }))
+}
+
 /// The terminal event sent after content when the upstream fails.
 pub fn stream_error_event(message: &str) -> Bytes {
     let v = serde_json::json!({"error": {"message": message, "type": "stream_error", "code": "upstream_interrupted"}});
@@ -157,11 +212,15 @@ fn stream_err(e: StreamError<reqwest::Error>, p: &ProviderRuntime) -> AttemptErr
 /// returns a body that relays the rest.
 pub async fn finish_stream(
     resp: reqwest::Response,
-    p: Arc<ProviderRuntime>,
-    started: Instant,
-    deadline: Instant,
+    ctx: AttemptCtx,
     include_usage: bool,
 ) -> Result<Success, AttemptError> {
+    let AttemptCtx {
+        provider: p,
+        model,
+        started,
+        deadline,
+    } = ctx;
     let status = resp.status();
     let ctype = resp
         .headers()
@@ -186,6 +245,9 @@ pub async fn finish_stream(
     }
     let headers = stream_headers(resp.headers());
     let mut events: EventStream = Box::pin(sse::decode_stream(resp.bytes_stream()));
+    if p.cfg.kind.info().wire == Wire::Anthropic {
+        events = anthropic_events(events, &model);
+    }
     let first_byte = p.cfg.timeouts.first_byte;
     let content_deadline = (started + first_byte).min(deadline);
     let mut held: Vec<Bytes> = Vec::new();
