@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The SDK tests drive the proxy with the official `openai` Python package.
-if ! python3 -c "import openai" >/dev/null 2>&1; then
+if ! python3 -c "import openai, anthropic" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 fi
 

@@ -186,3 +186,146 @@ async fn untranslatable_requests_skip_the_anthropic_provider() {
     let t = p.trace(&hdr(&r, "x-stockyard-trace-id")).await;
     assert_eq!(t["attempts"][0]["reason"], "untranslatable");
 }
+
+// ---- Inbound: POST /v1/messages ----
+
+async fn post_messages(p: &Proxy, body: Value) -> reqwest::Response {
+    p.client
+        .post(format!("{}/v1/messages", p.url))
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn messages_body(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 64, "system": "be brief", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test]
+async fn messages_pass_through_to_anthropic_and_translate_for_openai() {
+    let (openai, claude, p) = setup().await;
+    // Natural provider anthropic: body passes through with the model, answer relayed.
+    let r = post_messages(&p, messages_body("claude-sonnet-4-5")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "anthropic");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        anthropic_message_json("claude-sonnet-4-5", "Hello from mock")
+    );
+    assert_eq!(
+        claude.last_json().unwrap(),
+        messages_body("claude-sonnet-4-5")
+    );
+    // Anthropic down (529): falls over to OpenAI, answer translated into a Message.
+    claude.push(Step::json(
+        529,
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    ));
+    let r = post_messages(&p, messages_body("claude-sonnet-4-5")).await;
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "openai");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(
+        v["content"][0],
+        json!({"type": "text", "text": "Hello from mock"})
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(v["usage"]["output_tokens"], 5);
+    let sent = openai.last_json().unwrap();
+    assert_eq!(sent["model"], "gpt-4o");
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "be brief"})
+    );
+}
+
+#[tokio::test]
+async fn messages_stream_from_an_openai_upstream_is_an_anthropic_event_stream() {
+    let (openai, claude, p) = setup().await;
+    claude.set_default(Step::status(503));
+    let mut body = messages_body("claude-sonnet-4-5");
+    body["stream"] = json!(true);
+    let r = post_messages(&p, body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "openai");
+    let text = r.text().await.unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.last(), Some(&"message_stop"));
+    assert!(names.contains(&"content_block_delta") && names.contains(&"message_delta"));
+    assert!(!text.contains("[DONE]") && !text.contains("chat.completion.chunk"));
+    assert_eq!(openai.last_json().unwrap()["stream"], true);
+}
+
+#[tokio::test]
+async fn messages_errors_come_back_in_anthropic_shape() {
+    let (openai, claude, p) = setup().await;
+    let r = post_messages(&p, json!({"model": "claude-sonnet-4-5"})).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    // Final upstream Anthropic error: relayed as is.
+    let err = json!({"type": "error", "error": {"type": "permission_error", "message": "nope"}});
+    claude.push(Step::json(403, err.clone()));
+    let r = post_messages(&p, messages_body("claude-sonnet-4-5")).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap(), err);
+    // Exhausted chain: Anthropic shape with the attempts.
+    claude.push(Step::status(500));
+    openai.push(Step::status(503));
+    let r = post_messages(&p, messages_body("claude-sonnet-4-5")).await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "overloaded_error");
+    assert_eq!(v["error"]["attempts"][0]["provider"], "anthropic");
+}
+
+#[tokio::test]
+async fn anthropic_python_sdk_against_messages_answered_by_openai_upstream() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import anthropic"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "the official `anthropic` Python SDK is required: pip install anthropic (./scripts/test.sh installs it)");
+    let openai = MockUpstream::start().await;
+    let p = Proxy::start(&format!(
+        "providers:\n  - {{name: local, kind: openai-compatible, base_url: \"{}\"}}\n",
+        openai.url()
+    ))
+    .await;
+    let url = p.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/sdk/anthropic_messages.py"
+                ),
+                &url,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("plain: Hello from mock"), "{stdout}");
+    assert!(stdout.contains("usage: 10 5"), "{stdout}");
+    assert!(stdout.contains("stream: Hello from mock"), "{stdout}");
+    assert!(stdout.contains("stream stop: end_turn"), "{stdout}");
+    assert_eq!(openai.hits(), 2);
+}

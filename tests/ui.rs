@@ -227,6 +227,23 @@ impl Cdp {
         }
     }
 
+    /// Saves a full-page PNG (the viewport is grown to the page height for the shot).
+    async fn screenshot(&mut self, path: &str) {
+        let height = self
+            .eval("window.scrollTo(0, 0); Math.max(1000, document.documentElement.scrollHeight)")
+            .await;
+        let metrics = |h: &Value| json!({"width": 1400, "height": h, "deviceScaleFactor": 1, "mobile": false});
+        self.call("Emulation.setDeviceMetricsOverride", metrics(&height))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        std::fs::write(path, base64_decode(shot["data"].as_str().unwrap())).unwrap();
+        self.call("Emulation.setDeviceMetricsOverride", metrics(&json!(1000)))
+            .await;
+    }
+
     /// A real mouse click in the middle of the element matching `selector`.
     async fn click(&mut self, selector: &str) {
         let sel = serde_json::to_string(selector).unwrap();
@@ -251,21 +268,40 @@ impl Cdp {
     }
 }
 
-async fn admin_breaker(p: &Proxy, name: &str) -> String {
+async fn admin_get(p: &Proxy, path: &str) -> Value {
     let r = p
         .client
-        .get(format!("{}/api/proxy/breakers", p.url))
+        .get(format!("{}{path}", p.url))
         .header("x-admin-key", ADMIN_KEY)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
+async fn admin_breaker(p: &Proxy, name: &str) -> String {
+    let v = admin_get(p, "/api/proxy/breakers").await;
     v["breakers"][name]["state"]
         .as_str()
         .unwrap_or("?")
         .to_string()
 }
+
+/// Trace ids (newest first) the admin API returns for a filter query.
+async fn admin_ids(p: &Proxy, query: &str) -> Vec<String> {
+    let v = admin_get(p, &format!("/api/traces?{query}")).await;
+    v["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// JS: the ids of the trace table rows, in order.
+const ROW_IDS: &str =
+    "[...document.querySelectorAll('#traces tbody tr[data-id]')].map(r => r.dataset.id)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium_shows_state_and_resets_a_breaker() {
@@ -414,7 +450,7 @@ async fn dashboard_in_headless_chromium_shows_state_and_resets_a_breaker() {
     // Charts drew the traffic; spend counted it.
     cdp.wait_for(
         "charts and spend",
-        "document.querySelectorAll('#chart-rate path').length >= 2 \
+        "document.querySelectorAll('#chart-rate rect').length >= 1 \
          && document.querySelectorAll('#chart-local rect').length >= 1 \
          && document.querySelectorAll('#chart-errors rect').length >= 1 \
          && document.querySelector('#spend-requests').textContent === '5'",
@@ -422,18 +458,22 @@ async fn dashboard_in_headless_chromium_shows_state_and_resets_a_breaker() {
     )
     .await;
 
-    // Filters: failover only, then errors only.
+    // Filters: failover only, then errors only; the rows match what the API filters give.
+    let failover_ids = admin_ids(&p, "failover=true").await;
+    assert!(failover_ids.contains(&failover_id), "{failover_ids:?}");
+    let error_ids = admin_ids(&p, "status=error").await;
+    assert_eq!(error_ids, vec![error_id.clone()]);
     cdp.click("#filter-failover").await;
     cdp.wait_for(
         "failover-only rows",
         &format!(
-            "(() => {{ const rows = [...document.querySelectorAll('#traces tbody tr[data-id]')]; \
-             return rows.length === 1 && rows[0].dataset.id === '{failover_id}'; }})()"
+            "JSON.stringify({ROW_IDS}) === {:?}",
+            serde_json::to_string(&failover_ids).unwrap()
         ),
         t,
     )
     .await;
-    // Detail view of that trace's attempts.
+    // Detail view of the first request's attempts.
     cdp.click(&format!("#traces tbody tr[data-id=\"{failover_id}\"]"))
         .await;
     let attempts = cdp
@@ -447,14 +487,17 @@ async fn dashboard_in_headless_chromium_shows_state_and_resets_a_breaker() {
         )
         .await;
     assert_eq!(attempts, json!([["a", "failed"], ["b", "ok"]]));
+    if let Ok(path) = std::env::var("LOOKOUT_SCREENSHOT") {
+        cdp.screenshot(&path.replace(".png", "-detail.png")).await;
+    }
     cdp.click("#trace-detail-close").await;
     cdp.click("#filter-failover").await;
     cdp.click("#filter-errors").await;
     cdp.wait_for(
         "errors-only rows",
         &format!(
-            "(() => {{ const rows = [...document.querySelectorAll('#traces tbody tr[data-id]')]; \
-             return rows.length === 1 && rows[0].dataset.id === '{error_id}'; }})()"
+            "JSON.stringify({ROW_IDS}) === {:?}",
+            serde_json::to_string(&error_ids).unwrap()
         ),
         t,
     )
@@ -471,14 +514,7 @@ async fn dashboard_in_headless_chromium_shows_state_and_resets_a_breaker() {
     .await;
 
     if let Ok(path) = std::env::var("LOOKOUT_SCREENSHOT") {
-        let shot = cdp
-            .call(
-                "Page.captureScreenshot",
-                json!({"format": "png", "captureBeyondViewport": true}),
-            )
-            .await;
-        let png = base64_decode(shot["data"].as_str().unwrap());
-        std::fs::write(&path, png).unwrap();
+        cdp.screenshot(&path).await;
     }
 
     // Reset a's breaker from the page: the live breaker closes.
@@ -496,6 +532,22 @@ async fn dashboard_in_headless_chromium_shows_state_and_resets_a_breaker() {
     cdp.wait_for(
         "provider a shown closed",
         &format!("{} === 'closed'", state_of("a")),
+        t,
+    )
+    .await;
+
+    cdp.eval("setTimeout(() => { throw new Error('boom'); }); const i = new Image(); i.src = 'http://example.com/x.png'; document.body.appendChild(i); true").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cdp.eval("1").await;
+    // A stale key is rejected: the page asks again, saying why.
+    cdp.eval(
+        "sessionStorage.setItem('stockyard.lookout.adminKey', 'wrong'); location.reload(); true",
+    )
+    .await;
+    cdp.wait_for(
+        "the key form again after a rejected key",
+        "(() => { const f = document.querySelector('#key-form'), e = document.querySelector('#key-error'); \
+         return !!f && !f.hidden && !!e && !e.hidden && e.textContent.includes('rejected'); })()",
         t,
     )
     .await;

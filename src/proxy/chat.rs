@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 /// through as they arrive.
 const VALIDATE_LIMIT: usize = 8 << 20;
 
-fn header_true(headers: &HeaderMap, name: &str) -> bool {
+pub fn header_true(headers: &HeaderMap, name: &str) -> bool {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod body;
 pub mod chat;
 pub mod classify;
+pub mod messages;
 pub mod state;
 pub mod stream;
 
@@ -21,6 +22,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::list_models))
+        .route("/v1/messages", post(messages::messages))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(crate::admin::routes(state.clone()))
