@@ -369,15 +369,13 @@ fn writer_backpressure(
     let stats = w.sink.stats.clone();
     let high_water = (CHANNEL_CAPACITY - 1024) as u64;
     let t0 = Instant::now();
-    let mut sent = 0u64;
-    for r in recs {
+    for (sent, r) in (0u64..).zip(recs) {
         while sent - stats.written.load(Ordering::Relaxed) - stats.dropped.load(Ordering::Relaxed)
             >= high_water
         {
             std::thread::yield_now();
         }
         w.sink.send(r);
-        sent += 1;
     }
     rt.block_on(w.flush());
     let secs = t0.elapsed().as_secs_f64();

@@ -110,6 +110,8 @@ pub struct Run {
     pub failover: bool,
     /// Time to first byte of the successful attempt.
     pub ttfb: Option<Duration>,
+    /// Time spent waiting on upstreams (attempts and backoff), to tell proxy overhead apart.
+    pub upstream: Duration,
 }
 
 /// One attempt's context, handed to the response reader.
@@ -158,6 +160,7 @@ where
     let mut failover = false;
     let mut last_err: Option<AttemptError> = None;
     let mut earliest_retry: Option<Instant> = None;
+    let mut upstream = Duration::ZERO;
 
     for c in cands {
         let record =
@@ -244,6 +247,7 @@ where
                 Ok(r) => r,
                 Err(_) => Err(AttemptError::TotalTimeout(total)),
             };
+            upstream += started.elapsed();
             if let Some(t) = ttfb {
                 p.stats.record_ttfb(t.as_micros() as u64);
             }
@@ -268,6 +272,7 @@ where
                         tries,
                         failover: failover || retry_n > 0,
                         ttfb,
+                        upstream,
                     };
                 }
                 Err(e) => {
@@ -306,6 +311,7 @@ where
                                 tries,
                                 failover,
                                 ttfb: None,
+                                upstream,
                             };
                         }
                         Class::Skip => {
@@ -325,6 +331,7 @@ where
                             match wait {
                                 Some(d) => {
                                     tokio::time::sleep(d).await;
+                                    upstream += d;
                                     retry_n += 1;
                                 }
                                 None => break,
@@ -340,6 +347,7 @@ where
         tries,
         failover,
         ttfb: None,
+        upstream,
     }
 }
 

@@ -231,7 +231,9 @@ pub fn respond(
     meta.tries = run.tries;
     meta.failover = run.failover;
     let ttft_ms = run.ttfb.map(|d| d.as_millis() as u64);
+    let overhead = trace.elapsed().saturating_sub(run.upstream);
     trace.update(|r| {
+        r.overhead_us = Some(overhead.as_micros() as u64);
         r.tries = run.tries;
         r.failover = run.failover;
         r.ttft_ms = ttft_ms;

@@ -24,12 +24,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(chat::list_models))
         .route("/v1/messages", post(messages::messages))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/ready", get(ready))
         .merge(crate::admin::routes(state.clone()))
         .merge(crate::admin::ui_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// `GET /metrics` (admin rule applies).
+async fn metrics(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let rt = st.runtime();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    if let Err(e) = auth::authorize_admin(&rt.config, req.headers(), peer) {
+        return e.into_response();
+    }
+    let body = st.traces.metrics.encode(&rt, &st.traces.stats);
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -68,6 +68,9 @@ pub struct TraceRecord {
     pub request_body: Option<String>,
     pub response_body: Option<String>,
     pub attempts: Vec<AttemptRecord>,
+    /// Time spent in Stockyard excluding upstream time (metrics only, not stored).
+    #[serde(skip)]
+    pub overhead_us: Option<u64>,
 }
 
 impl TraceRecord {
@@ -93,6 +96,7 @@ impl TraceRecord {
             request_body: None,
             response_body: None,
             attempts: Vec::new(),
+            overhead_us: None,
         }
     }
 }
@@ -143,6 +147,8 @@ pub struct TraceSink {
     enabled: bool,
     pub stats: Arc<TraceStats>,
     pub store_bodies: bool,
+    /// Every finished request is also counted here.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl TraceSink {
@@ -153,6 +159,7 @@ impl TraceSink {
             enabled: false,
             stats: Arc::new(TraceStats::default()),
             store_bodies: false,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
     }
 
@@ -165,6 +172,7 @@ impl TraceSink {
     }
 
     pub fn send(&self, rec: TraceRecord) {
+        self.metrics.record(&rec);
         let Some(tx) = &self.tx else {
             if self.enabled {
                 self.stats.drop_one("trace database unavailable");
@@ -205,6 +213,7 @@ impl TraceWriter {
                 enabled: true,
                 stats,
                 store_bodies,
+                metrics: Arc::new(crate::metrics::Metrics::new()),
             },
             path,
             handle: Some(handle),
