@@ -57,6 +57,8 @@ pub struct AttemptRecord {
     pub reason: Option<String>,
     pub http_status: Option<u16>,
     pub latency_ms: u64,
+    /// Started in parallel by `failover.hedge_after`.
+    pub hedged: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -171,6 +173,7 @@ where
                 reason: reason.map(str::to_string),
                 http_status: status,
                 latency_ms: started.map(|s| s.elapsed().as_millis() as u64).unwrap_or(0),
+                hedged: false,
             };
         if let Some(skip) = c.skip {
             attempts.push(record(

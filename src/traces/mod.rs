@@ -65,6 +65,8 @@ pub struct TraceRecord {
     pub tokens_out: Option<u64>,
     pub cost_usd: Option<f64>,
     pub error: Option<String>,
+    /// Estimated prompt tokens dropped to fit the answering provider's context window.
+    pub truncated_tokens: Option<u64>,
     pub request_body: Option<String>,
     pub response_body: Option<String>,
     pub attempts: Vec<AttemptRecord>,
@@ -93,6 +95,7 @@ impl TraceRecord {
             tokens_out: None,
             cost_usd: None,
             error: None,
+            truncated_tokens: None,
             request_body: None,
             response_body: None,
             attempts: Vec::new(),
@@ -378,12 +381,12 @@ pub fn insert_batch(
     let tx = conn.transaction()?;
     {
         let mut req = tx.prepare_cached(
-            "INSERT OR REPLACE INTO requests (id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, request_body, response_body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            "INSERT OR REPLACE INTO requests (id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, request_body, response_body, truncated_tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?;
         let mut att = tx.prepare_cached(
-            "INSERT OR REPLACE INTO attempts (request_id, seq, provider, model, outcome, reason, http_status, latency_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR REPLACE INTO attempts (request_id, seq, provider, model, outcome, reason, http_status, latency_ms, hedged)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         for r in batch {
             req.execute(rusqlite::params![
@@ -406,6 +409,7 @@ pub fn insert_batch(
                 r.error,
                 r.request_body,
                 r.response_body,
+                r.truncated_tokens.map(|v| v as i64),
             ])?;
             for (seq, a) in r.attempts.iter().enumerate() {
                 att.execute(rusqlite::params![
@@ -417,6 +421,7 @@ pub fn insert_batch(
                     a.reason,
                     a.http_status,
                     a.latency_ms as i64,
+                    a.hedged,
                 ])?;
             }
         }
@@ -501,6 +506,7 @@ mod tests {
             reason: None,
             http_status: Some(200),
             latency_ms: 1,
+            hedged: false,
         });
         r
     }
