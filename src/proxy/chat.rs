@@ -178,6 +178,7 @@ async fn handle_chat(
         key,
         retry_on: &rt.config.failover.retry_on,
         local_only,
+        hedge_after: rt.config.failover.hedge_after,
         requested_model: &req.model,
     };
     // The request as a JSON tree, parsed only if a candidate needs translation.

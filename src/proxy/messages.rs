@@ -103,6 +103,7 @@ async fn handle(
         key,
         retry_on: &rt.config.failover.retry_on,
         local_only,
+        hedge_after: rt.config.failover.hedge_after,
         requested_model: &model,
     };
     let body_for = |c: &Cand| -> Result<Vec<u8>, AttemptError> {
