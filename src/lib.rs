@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

@@ -71,6 +71,10 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> std::io::Re
     });
     let (sink, writer, db_path) = start_traces(&config);
     let state = AppState::new(config, sink, db_path);
+    let rt = state.runtime();
+    crate::health::discover_all(&rt, crate::health::STARTUP_DISCOVERY_LIMIT).await;
+    crate::health::spawn(&rt, true);
+    drop(rt);
     let app = proxy::router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -61,6 +61,7 @@ async fn stream_text(r: reqwest::Response) -> (String, bool) {
 #[tokio::test]
 async fn hedging_beats_a_slow_local_provider_and_cancels_it() {
     let (local, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_models(&["m", "llama3"]);
     local.set_default(Step::ok_chat("from local").delay_headers(ms(3000)));
     cloud.set_default(Step::ok_chat("from cloud"));
 
@@ -92,7 +93,10 @@ async fn hedging_beats_a_slow_local_provider_and_cancels_it() {
     );
     println!("slow local (3 s to first byte): without hedging {unhedged:?}, with hedge_after 500ms {hedged:?}");
 
-    let rid = p.traces("limit=1").await[0]["id"].as_str().unwrap().to_string();
+    let rid = p.traces("limit=1").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let att = p.trace(&rid).await["attempts"].clone();
     assert_eq!(att[0]["provider"], "local");
     assert_eq!(att[0]["outcome"], "failed");
@@ -108,6 +112,7 @@ async fn hedging_beats_a_slow_local_provider_and_cancels_it() {
 #[tokio::test]
 async fn hedging_works_for_streams() {
     let (local, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_models(&["m", "llama3"]);
     local.set_default(Step::ok_chat("from local").delay_headers(ms(3000)));
     cloud.set_default(Step::ok_chat("from cloud"));
     let p = Proxy::start(&pair_yaml(&local, &cloud, "  hedge_after: 300ms\n")).await;
@@ -139,6 +144,7 @@ fn attempts_of_after<'a>(
 #[tokio::test]
 async fn no_hedge_when_the_first_byte_comes_in_time() {
     let (local, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_models(&["m", "llama3"]);
     local.set_default(Step::ok_chat("from local").delay_headers(ms(100)));
     let p = Proxy::start(&pair_yaml(&local, &cloud, "  hedge_after: 1s\n")).await;
     let r = p.chat("m").await;
@@ -156,6 +162,7 @@ async fn no_hedge_when_the_first_byte_comes_in_time() {
 #[tokio::test]
 async fn the_original_can_still_win_and_the_hedge_is_cancelled() {
     let (local, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_models(&["m", "llama3"]);
     local.set_default(Step::ok_chat("from local").delay_headers(ms(700)));
     cloud.set_default(Step::ok_chat("from cloud").delay_headers(ms(5000)));
     let p = Proxy::start(&pair_yaml(&local, &cloud, "  hedge_after: 200ms\n")).await;
@@ -164,7 +171,10 @@ async fn the_original_can_still_win_and_the_hedge_is_cancelled() {
     assert_eq!(hdr(&r, "x-stockyard-provider"), "local");
     assert!(t.elapsed() < ms(2000));
     let att = attempts_of(&p, &r).await;
-    assert!(cloud.wait_client_closed(ms(1000)).await, "hedge not cancelled");
+    assert!(
+        cloud.wait_client_closed(ms(1000)).await,
+        "hedge not cancelled"
+    );
     assert_eq!(cloud.hits(), 1);
     assert_eq!(att[0]["outcome"], "ok");
     assert_eq!(att[1]["provider"], "cloud");
@@ -175,6 +185,7 @@ async fn the_original_can_still_win_and_the_hedge_is_cancelled() {
 #[tokio::test]
 async fn a_failing_hedge_waits_for_the_original() {
     let (local, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_models(&["m", "llama3"]);
     local.set_default(Step::ok_chat("from local").delay_headers(ms(900)));
     cloud.set_default(Step::status(503));
     let p = Proxy::start(&pair_yaml(&local, &cloud, "  hedge_after: 200ms\n")).await;
@@ -211,6 +222,7 @@ async fn a_failing_hedge_waits_for_the_original() {
 #[tokio::test]
 async fn a_busy_local_provider_is_skipped_at_once_and_its_503_is_retryable() {
     let (local, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_models(&["m", "llama3"]);
     // Ollama's answer when its queue is full.
     local.push(Step::json(
         503,
@@ -222,7 +234,11 @@ async fn a_busy_local_provider_is_skipped_at_once_and_its_503_is_retryable() {
     assert_eq!(hdr(&r, "x-stockyard-provider"), "cloud");
     let att = attempts_of(&p, &r).await;
     assert_eq!(att[0]["http_status"], 503);
-    assert_eq!(p.breaker("local").1, 1, "a busy 503 counts against the breaker");
+    assert_eq!(
+        p.breaker("local").1,
+        1,
+        "a busy 503 counts against the breaker"
+    );
 
     // max_concurrency: 1 and one request in flight: the next skips local with no queueing.
     local.set_default(Step::ok_chat("slow").delay_headers(ms(1500)));
@@ -236,14 +252,8 @@ async fn a_busy_local_provider_is_skipped_at_once_and_its_503_is_retryable() {
     .await;
     let url = format!("{}/v1/chat/completions", p.url);
     let client = p.client.clone();
-    let first = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&chat_body("m"))
-            .send()
-            .await
-            .unwrap()
-    });
+    let first =
+        tokio::spawn(async move { client.post(url).json(&chat_body("m")).send().await.unwrap() });
     tokio::time::sleep(ms(300)).await;
     let t = Instant::now();
     let r = p.chat("m").await;
@@ -263,6 +273,7 @@ async fn a_busy_local_provider_is_skipped_at_once_and_its_503_is_retryable() {
 #[tokio::test]
 async fn local_only_aliases_never_reach_the_cloud() {
     let (local, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_models(&["m", "llama3"]);
     let yaml = format!(
         "model_alias:\n  aliases:\n    private:\n      targets: [local/llama3]\n      local_only: true\n    open: local/llama3\n\
          providers:\n  \
@@ -282,7 +293,10 @@ async fn local_only_aliases_never_reach_the_cloud() {
     assert_eq!(v["error"]["code"], "all_providers_failed");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("local-only"), "{msg}");
-    assert!(msg.contains("nothing was sent to a cloud provider"), "{msg}");
+    assert!(
+        msg.contains("nothing was sent to a cloud provider"),
+        "{msg}"
+    );
     let reasons: Vec<&str> = v["error"]["attempts"]
         .as_array()
         .unwrap()
@@ -314,4 +328,129 @@ async fn local_only_aliases_never_reach_the_cloud() {
     let r = p.chat("open").await;
     assert_eq!(hdr(&r, "x-stockyard-provider"), "cloud");
     assert_eq!(cloud.hits(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Discovery and health probes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn local_models_are_discovered_and_route_without_round_trips() {
+    let (ollama, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    ollama.set_models(&["llama3:8b", "qwen2.5:latest"]);
+    let p = Proxy::start(&format!(
+        "providers:\n  \
+         - {{name: cloud, kind: openai-compatible, base_url: \"{}\", priority: 1, local: false}}\n  \
+         - {{name: ollama, kind: ollama, base_url: \"{}\", priority: 2}}\n",
+        cloud.url(),
+        ollama.url()
+    ))
+    .await;
+    assert!(
+        ollama.hits_path("/api/tags") >= 1,
+        "Ollama's /api/tags not asked"
+    );
+    let (_, v) = p.get_json("/api/proxy/providers").await;
+    let o = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "ollama")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        o["discovered_models"],
+        json!(["llama3:8b", "qwen2.5:latest"])
+    );
+
+    // A model Ollama has goes there first, despite its lower priority.
+    let r = p.chat("llama3:8b").await;
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "ollama");
+    // A name without a tag means `:latest`, as in Ollama.
+    let r = p.chat("qwen2.5").await;
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "ollama");
+    assert_eq!(ollama.hits(), 2);
+    // One it lacks skips it without a round trip.
+    let r = p.chat("mistral:7b").await;
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "cloud");
+    assert_eq!(ollama.hits(), 2, "a model Ollama lacks was sent to it");
+    cloud.set_default(Step::status(503));
+    let r = p.chat("mistral:7b").await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    let skipped = v["error"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["provider"] == "ollama")
+        .unwrap()
+        .clone();
+    assert_eq!(skipped["reason"], "model_unsupported");
+    assert_eq!(ollama.hits(), 2);
+}
+
+#[tokio::test]
+async fn health_probes_open_a_dead_provider_early_and_close_it_when_back() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let p = Proxy::start(&format!(
+        "providers:\n  \
+         - {{name: a, kind: openai-compatible, base_url: \"{}\", priority: 1, local: false, health_check: {{interval: 150ms}}}}\n  \
+         - {{name: b, kind: openai-compatible, base_url: \"{}\", priority: 2, local: false}}\n",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    let wait_for = |want: &'static str| {
+        let p = &p;
+        async move {
+            let deadline = Instant::now() + ms(3000);
+            while p.breaker("a").0 != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "breaker of a never became {want}"
+                );
+                tokio::time::sleep(ms(25)).await;
+            }
+        }
+    };
+    // The models endpoint starts failing: the circuit opens with no user request at all.
+    a.set_models_step(Some(Step::status(502)));
+    wait_for("open").await;
+    assert_eq!(a.hits(), 0);
+    let r = p.chat("m").await;
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "b");
+    assert_eq!(a.hits(), 0, "an open circuit was called");
+    let att = attempts_of(&p, &r).await;
+    assert_eq!(att[0]["reason"], "circuit_open");
+    // A dead port (connection refused) counts as a failed probe too; a passing probe closes
+    // the circuit long before recovery_timeout (30 s by default).
+    a.set_models_step(None);
+    wait_for("closed").await;
+    let r = p.chat("m").await;
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "a");
+    // Probes are not user traffic: only the two chat requests are traced.
+    assert_eq!(p.traces("limit=100").await.len(), 2);
+    let paths: Vec<String> = a
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(a.hits_path("/v1/models") >= 2, "{paths:?}");
+}
+
+#[tokio::test]
+async fn ready_follows_health_probes() {
+    let a = MockUpstream::start().await;
+    let p = Proxy::start(&format!(
+        "providers:\n  - {{name: a, kind: openai-compatible, base_url: \"{}\", health_check: {{interval: 100ms}}}}\n",
+        a.url()
+    ))
+    .await;
+    assert_eq!(p.get_json("/ready").await.0, 200);
+    a.set_models_step(Some(Step::hang()));
+    let deadline = Instant::now() + ms(3000);
+    while p.get_json("/ready").await.0 != 503 {
+        assert!(Instant::now() < deadline, "/ready never turned 503");
+        tokio::time::sleep(ms(25)).await;
+    }
 }

@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use crate::proxy::auth::authorize_admin;
 use crate::proxy::state::{AppState, Runtime};
-use crate::routing::{self, RouteOptions};
+use crate::routing::RouteOptions;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -102,6 +102,7 @@ async fn providers(State(st): State<Arc<AppState>>) -> Json<Value> {
                 "local": p.cfg.local,
                 "enabled": p.cfg.enabled,
                 "models": p.cfg.models.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                "discovered_models": p.discovered().map(|d| d.to_vec()),
                 "in_flight": p.in_flight.load(Ordering::Relaxed),
                 "circuit": {
                     "state": snap.state.as_str(),
@@ -161,7 +162,7 @@ async fn reset_one(State(st): State<Arc<AppState>>, Path(name): Path<String>) ->
 
 /// The live chain for a model, with request-time skip reasons (open circuits, full providers).
 pub fn route_json(rt: &Runtime, model: &str, opts: &RouteOptions) -> Value {
-    let route = routing::plan(&rt.config, model, opts);
+    let route = rt.plan(model, opts);
     let now = Instant::now();
     let chain: Vec<Value> = route
         .candidates

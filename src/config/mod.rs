@@ -70,6 +70,8 @@ pub struct ProviderConfig {
     pub models: Vec<glob::Pattern>,
     pub model_map: BTreeMap<String, String>,
     pub local: bool,
+    /// Learns its models from the provider itself: local kinds and explicit `local: true`.
+    pub discover: bool,
     pub enabled: bool,
     pub context_window: Option<u64>,
     pub truncate: bool,

@@ -469,6 +469,7 @@ fn provider(p: RawProvider, path: &str, cx: &Ctx) -> Result<ProviderConfig, Conf
         models,
         model_map: p.model_map.unwrap_or_default(),
         local: p.local.unwrap_or(local_default),
+        discover: info.local || p.local == Some(true),
         enabled: p.enabled.unwrap_or(true),
         context_window: p.context_window,
         truncate: p.truncate.unwrap_or(false),

@@ -8,7 +8,7 @@ use super::state::{AppState, ProviderRuntime, Runtime};
 use crate::error::{openai_error_body, ApiError};
 use crate::providers::openai::{self, RELAYED_HEADERS};
 use crate::providers::{anthropic, Wire};
-use crate::routing::{self, RouteOptions};
+use crate::routing::RouteOptions;
 use crate::traces::{new_trace_id, PendingTrace, TraceRecord, TraceStatus};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -76,7 +76,7 @@ pub fn candidates(
             );
         }
     }
-    let route = routing::plan(&rt.config, model, opts);
+    let route = rt.plan(model, opts);
     let cands = route
         .candidates
         .iter()

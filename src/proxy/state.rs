@@ -34,6 +34,8 @@ pub struct ProviderRuntime {
     pub breaker: Mutex<Breaker>,
     pub in_flight: AtomicUsize,
     pub stats: Stats,
+    /// Models the provider reported serving (discovery), when known.
+    discovered: RwLock<Option<Arc<Vec<String>>>>,
     /// The auth header for the configured key, built once (marked sensitive).
     auth: Option<(HeaderName, HeaderValue)>,
 }
@@ -79,7 +81,24 @@ impl ProviderRuntime {
             breaker: Mutex::new(breaker),
             in_flight: AtomicUsize::new(0),
             stats: Stats::default(),
+            discovered: RwLock::new(None),
             auth,
+        }
+    }
+
+    /// The models this provider reported serving, if it was asked and answered.
+    pub fn discovered(&self) -> Option<Arc<Vec<String>>> {
+        self.discovered
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_discovered(&self, models: Vec<String>) {
+        let mut g = self.discovered.write().unwrap_or_else(|e| e.into_inner());
+        if g.as_deref() != Some(&models) {
+            tracing::info!(provider = %self.cfg.name, models = models.len(), "discovered models");
+            *g = Some(Arc::new(models));
         }
     }
 
@@ -190,6 +209,8 @@ pub struct Runtime {
     /// Where a bring-your-own key of each kind goes: the first configured provider of that kind,
     /// else a provider with the kind's default base URL.
     pub byok: HashMap<Kind, Arc<ProviderRuntime>>,
+    /// Some provider learns its models by discovery.
+    discovery: bool,
 }
 
 impl Runtime {
@@ -208,6 +229,9 @@ impl Runtime {
                 breaker.set_config(breaker_cfg);
                 let rt = ProviderRuntime::new(pc.clone(), breaker);
                 if let Some(o) = old {
+                    if o.cfg.base_url == pc.base_url {
+                        *rt.discovered.write().unwrap_or_else(|e| e.into_inner()) = o.discovered();
+                    }
                     for (dst, src) in [
                         (&rt.stats.requests, &o.stats.requests),
                         (&rt.stats.errors, &o.stats.errors),
@@ -232,10 +256,28 @@ impl Runtime {
                 byok.insert(info.kind, p);
             }
         }
+        let discovery = providers.iter().any(|p| crate::health::discovers(p));
         Runtime {
             config: Arc::new(config),
             providers,
             byok,
+            discovery,
+        }
+    }
+
+    /// The chain for a model now: the routing plan with discovered models, ordered by the
+    /// configured strategy.
+    pub fn plan(&self, model: &str, opts: &crate::routing::RouteOptions) -> crate::routing::Route {
+        crate::routing::plan_live(&self.config, &self.live(), model, opts)
+    }
+
+    /// What routing needs to know from the live providers.
+    pub fn live(&self) -> crate::routing::Live {
+        if !self.discovery {
+            return crate::routing::Live::default();
+        }
+        crate::routing::Live {
+            discovered: self.providers.iter().map(|p| p.discovered()).collect(),
         }
     }
 }
@@ -251,6 +293,7 @@ fn default_provider(kind: Kind, config: &Config) -> ProviderConfig {
         models: vec![],
         model_map: Default::default(),
         local: false,
+        discover: false,
         enabled: true,
         context_window: None,
         truncate: false,
@@ -288,8 +331,9 @@ impl AppState {
         traces: crate::traces::TraceSink,
         db_path: Option<std::path::PathBuf>,
     ) -> Arc<AppState> {
+        let rt = Arc::new(Runtime::new(config, None));
         Arc::new(AppState {
-            runtime: RwLock::new(Arc::new(Runtime::new(config, None))),
+            runtime: RwLock::new(rt),
             started: Instant::now(),
             traces,
             db_path,
@@ -306,7 +350,8 @@ impl AppState {
     /// Swaps in a new config, keeping breaker state of providers that still exist.
     pub fn replace_config(&self, config: Config) {
         let mut g = self.runtime.write().unwrap_or_else(|e| e.into_inner());
-        let next = Runtime::new(config, Some(&g));
-        *g = Arc::new(next);
+        let next = Arc::new(Runtime::new(config, Some(&g)));
+        crate::health::spawn(&next, false);
+        *g = next;
     }
 }

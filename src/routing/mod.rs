@@ -5,6 +5,7 @@
 use crate::config::{Config, Target};
 use crate::providers::Kind;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// Why a candidate was not tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,8 +64,49 @@ impl Route {
     }
 }
 
-/// Plans the provider chain for a requested model.
+/// What routing knows beyond the config: the models local providers reported (discovery),
+/// indexed like `Config::providers` (missing or `None`: not known, the config's `models` apply).
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub discovered: Vec<Option<Arc<Vec<String>>>>,
+}
+
+impl Live {
+    fn discovered(&self, p: usize) -> Option<&[String]> {
+        self.discovered.get(p)?.as_deref().map(Vec::as_slice)
+    }
+
+    /// Whether provider `p` serves `model`: its discovered list when known, else its globs.
+    pub fn serves(&self, cfg: &Config, p: usize, model: &str) -> bool {
+        match self.discovered(p) {
+            Some(list) => model_in(list, model),
+            None => cfg.providers[p].serves(model),
+        }
+    }
+
+    /// Whether provider `p` names `model` explicitly (globs or discovered list).
+    fn lists(&self, cfg: &Config, p: usize, model: &str) -> bool {
+        cfg.providers[p].lists(model) || self.discovered(p).is_some_and(|l| model_in(l, model))
+    }
+}
+
+/// Whether a discovered model list holds `model`; as in Ollama, a name without a tag means
+/// `:latest`.
+pub fn model_in(list: &[String], model: &str) -> bool {
+    list.iter().any(|m| {
+        m == model
+            || m.strip_suffix(":latest") == Some(model)
+            || model.strip_suffix(":latest") == Some(m.as_str())
+    })
+}
+
+/// Plans the provider chain for a requested model from the config alone.
 pub fn plan(cfg: &Config, model: &str, opts: &RouteOptions) -> Route {
+    plan_live(cfg, &Live::default(), model, opts)
+}
+
+/// Plans the provider chain for a requested model, with what the proxy learned at run time.
+pub fn plan_live(cfg: &Config, live: &Live, model: &str, opts: &RouteOptions) -> Route {
     let mut local_only = opts.local_only;
     let (alias, targets): (Option<String>, Vec<Target>) =
         match cfg.aliases.get(model).filter(|_| cfg.aliases_enabled) {
@@ -85,19 +127,26 @@ pub fn plan(cfg: &Config, model: &str, opts: &RouteOptions) -> Route {
         }
     };
     for t in &targets {
-        let provider = t.provider.or_else(|| natural_provider(cfg, &t.model));
+        let provider = t
+            .provider
+            .or_else(|| natural_provider_live(cfg, live, &t.model));
         if let Some(p) = provider {
             let model = if t.provider.is_some() {
                 t.model.clone()
             } else {
                 cfg.providers[p].map_model(&t.model).to_string()
             };
+            // A discovered list is the provider's own word: a model it lacks is not tried.
+            let skip = live
+                .discovered(p)
+                .filter(|l| !model_in(l, &model))
+                .map(|_| SkipReason::ModelUnsupported);
             push(
                 &mut chain,
                 Candidate {
                     provider: p,
                     model,
-                    skip: None,
+                    skip,
                 },
             );
         }
@@ -117,7 +166,7 @@ pub fn plan(cfg: &Config, model: &str, opts: &RouteOptions) -> Route {
                 .or_else(|| alias.as_ref().and_then(|a| pc.model_map.get(a)))
                 .map(String::as_str)
                 .unwrap_or(base);
-            let skip = (!pc.serves(mapped)).then_some(SkipReason::ModelUnsupported);
+            let skip = (!live.serves(cfg, p, mapped)).then_some(SkipReason::ModelUnsupported);
             push(
                 &mut chain,
                 Candidate {
@@ -135,7 +184,7 @@ pub fn plan(cfg: &Config, model: &str, opts: &RouteOptions) -> Route {
         if let Some(&p) = cfg.failover.order.first() {
             let pc = &cfg.providers[p];
             let m = pc.map_model(base).to_string();
-            let skip = (!pc.serves(&m)).then_some(SkipReason::ModelUnsupported);
+            let skip = (!live.serves(cfg, p, &m)).then_some(SkipReason::ModelUnsupported);
             chain.push(Candidate {
                 provider: p,
                 model: m,
@@ -188,8 +237,11 @@ fn preference(cfg: &Config) -> impl Iterator<Item = usize> + '_ {
 /// The provider that owns a model: a local provider that lists it, else the first provider of
 /// the kind its name belongs to.
 pub fn natural_provider(cfg: &Config, model: &str) -> Option<usize> {
-    if let Some(p) =
-        preference(cfg).find(|&p| cfg.providers[p].local && cfg.providers[p].lists(model))
+    natural_provider_live(cfg, &Live::default(), model)
+}
+
+fn natural_provider_live(cfg: &Config, live: &Live, model: &str) -> Option<usize> {
+    if let Some(p) = preference(cfg).find(|&p| cfg.providers[p].local && live.lists(cfg, p, model))
     {
         return Some(p);
     }
