@@ -2,6 +2,8 @@
 //! providers, the natural provider of a model, and the rest of the failover chain. Request-time
 //! admission (breakers, concurrency) happens in the proxy; this module only plans.
 
+pub mod context;
+
 use crate::config::{Config, Target};
 use crate::providers::Kind;
 use serde::Serialize;
