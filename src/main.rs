@@ -43,6 +43,13 @@ fn serve(path: Option<&std::path::Path>) -> i32 {
             source: Some(source),
             notifier: notifier.clone(),
         };
+        let signals = match stockyard::service::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return 1;
+            }
+        };
         let running = match stockyard::server::start_with(cfg, None, opts).await {
             Ok(r) => r,
             Err(e) => {
@@ -62,7 +69,7 @@ fn serve(path: Option<&std::path::Path>) -> i32 {
                 notify::spawn_watchdog(n.clone(), every);
             }
         }
-        stockyard::service::run(running, notifier).await
+        stockyard::service::run(running, notifier, signals).await
     });
     // Everything that matters has finished (or a second signal asked for an immediate exit):
     // do not wait for stray tasks.

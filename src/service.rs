@@ -12,22 +12,44 @@ use std::sync::Arc;
 /// The process exit code once the server has stopped.
 pub type ExitCode = i32;
 
+/// The signal handlers, installed before the server binds so that a signal sent as soon as the
+/// port accepts connections (or `READY=1` arrives) is never handled by the default action.
+#[cfg(unix)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(not(unix))]
+pub struct Signals;
+
+impl Signals {
+    /// Installs the handlers (inside the async runtime).
+    #[cfg(unix)]
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+}
+
 /// Serves until a stop signal, then shuts down as described in the module docs.
 #[cfg(unix)]
-pub async fn run(running: Running, notifier: Option<Arc<Notifier>>) -> ExitCode {
-    use tokio::signal::unix::{signal, SignalKind};
-    let signals = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    );
-    let (mut term, mut int, mut hup) = match signals {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return 1;
-        }
-    };
+pub async fn run(running: Running, notifier: Option<Arc<Notifier>>, signals: Signals) -> ExitCode {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     let first = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
@@ -51,7 +73,7 @@ pub async fn run(running: Running, notifier: Option<Arc<Notifier>>) -> ExitCode 
 
 /// Without Unix signals: Ctrl-C stops, a second Ctrl-C exits at once.
 #[cfg(not(unix))]
-pub async fn run(running: Running, notifier: Option<Arc<Notifier>>) -> ExitCode {
+pub async fn run(running: Running, notifier: Option<Arc<Notifier>>, _signals: Signals) -> ExitCode {
     if tokio::signal::ctrl_c().await.is_err() {
         return 1;
     }
