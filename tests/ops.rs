@@ -451,3 +451,105 @@ async fn json_logs_have_request_failover_and_circuit_lines_and_no_secrets() {
     assert_eq!(circuit[0]["to"], "open");
     assert_eq!(find("config reloaded").len(), 1);
 }
+
+/// The example unit: the settings operators rely on, its ExecStart/ExecReload matching the CLI
+/// and the signals handled above, and `systemd-analyze verify` when systemd is installed.
+#[test]
+fn systemd_unit_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/systemd/stockyard.service")).unwrap();
+    let mut service: Vec<(String, String)> = Vec::new();
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        if section == "[Service]" {
+            service.push((k.to_string(), v.to_string()));
+        }
+    }
+    let get = |k: &str| -> Vec<&str> {
+        service
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let one = |k: &str| -> &str {
+        let v = get(k);
+        assert_eq!(v.len(), 1, "{k} once in [Service]");
+        v[0]
+    };
+    for (k, v) in [
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("WatchdogSec", "30"),
+        ("DynamicUser", "yes"),
+        ("StateDirectory", "stockyard"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("Environment", "STOCKYARD_DATA_DIR=/var/lib/stockyard"),
+    ] {
+        assert_eq!(one(k), v, "{k}");
+    }
+    assert!(get("SystemCallFilter").contains(&"@system-service"));
+    let families = one("RestrictAddressFamilies");
+    for f in ["AF_INET", "AF_INET6", "AF_UNIX"] {
+        assert!(families.contains(f), "{f}: AF_UNIX carries sd_notify");
+    }
+    let exec: Vec<&str> = one("ExecStart").split_whitespace().collect();
+    assert_eq!(
+        exec,
+        [
+            "/usr/local/bin/stockyard",
+            "serve",
+            "--config",
+            "/etc/stockyard/stockyard.yaml"
+        ]
+    );
+    // The stop timeout leaves room for the default shutdown_grace (30s).
+    let stop: u64 = one("TimeoutStopSec").trim_end_matches('s').parse().unwrap();
+    assert!(stop > 30, "TimeoutStopSec {stop}s");
+
+    // `--config` is what the CLI takes.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("stockyard.yaml");
+    std::fs::write(&cfg, "providers:\n  - name: ollama\n").unwrap();
+    let o = common::bin::command(dir.path())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // systemd's own parser, with ExecStart pointing at the binary under test.
+    let unit = dir.path().join("stockyard.service");
+    std::fs::write(
+        &unit,
+        text.replace("/usr/local/bin/stockyard", common::bin::BIN),
+    )
+    .unwrap();
+    match std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+    {
+        Err(_) => eprintln!("systemd-analyze not installed; skipped"),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let ours: Vec<&str> = err.lines().filter(|l| l.contains("stockyard")).collect();
+            assert!(o.status.success() && ours.is_empty(), "{err}");
+        }
+    }
+}
