@@ -107,7 +107,7 @@ impl Reloader {
             ),
             Err(e) => tracing::error!(
                 trigger = why,
-                error = %e,
+                error = %redact_values(&e.to_string()),
                 "config reload rejected; the running config stays"
             ),
         }
@@ -176,5 +176,48 @@ impl Reloader {
         };
         self.state.replace_config(next);
         Ok(report)
+    }
+}
+
+/// A config error for the logs: YAML type errors quote the offending value (`invalid type:
+/// string "sk-..."`), which may be a key; the log gets `string "***"` instead. The API answer and
+/// `stockyard check` show the full text to the operator who asked.
+pub fn redact_values(msg: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(MARK) {
+        out.push_str(&rest[..i + MARK.len()]);
+        let after = &rest[i + MARK.len()..];
+        match after.find('"') {
+            Some(end) => {
+                out.push_str("***\"");
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str("***");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_values;
+
+    #[test]
+    fn values_are_redacted_for_the_log() {
+        assert_eq!(
+            redact_values(
+                "f.yaml:1:11: api_keys: invalid type: string \"sk-secret\", expected a sequence"
+            ),
+            "f.yaml:1:11: api_keys: invalid type: string \"***\", expected a sequence"
+        );
+        let plain = "f.yaml:3:5: providers[0]: unknown key `priorty` (did you mean `priority`?)";
+        assert_eq!(redact_values(plain), plain);
+        assert_eq!(redact_values("string \"open"), "string \"***");
     }
 }
