@@ -20,6 +20,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/traces"),
     ("GET", "/api/traces/spend"),
     ("GET", "/api/traces/tr_0000000000000000"),
+    ("POST", "/api/proxy/reload"),
     ("GET", "/metrics"),
 ];
 

@@ -24,6 +24,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/proxy/breakers/reset", post(reset_all))
         .route("/api/proxy/breakers/{name}/reset", post(reset_one))
         .route("/api/proxy/route", get(route))
+        .route("/api/proxy/reload", post(reload))
         .route("/api/traces", get(traces_list))
         .route("/api/traces/spend", get(traces_spend))
         .route("/api/traces/{id}", get(trace_get))
@@ -157,6 +158,16 @@ async fn reset_one(State(st): State<Arc<AppState>>, Path(name): Path<String>) ->
             Json(json!({"reset": name})).into_response()
         }
         None => ApiError::NotFound(format!("unknown provider `{name}`")).into_response(),
+    }
+}
+
+/// `POST /api/proxy/reload`: re-reads and validates the config file; an invalid file is a 422
+/// whose message is the `file:line:col: message` that `stockyard check` prints, and the running
+/// config stays.
+async fn reload(axum::Extension(r): axum::Extension<Arc<crate::reload::Reloader>>) -> Response {
+    match r.reload("api").await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => ApiError::InvalidConfig(e.to_string()).into_response(),
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Config {
     pub admin_key: Option<Secret>,
     pub allow_unauthenticated: bool,
     pub max_body_size: usize,
+    /// How long SIGTERM/SIGINT waits for in-flight requests and streams before cutting them.
+    pub shutdown_grace: Duration,
     /// Providers in declaration order; [`Config::chain_order`] says the failover order.
     pub providers: Vec<ProviderConfig>,
     pub aliases_enabled: bool,

@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub admin_key: Option<String>,
     pub allow_unauthenticated: Option<bool>,
     pub max_body_size: Option<ByteSize>,
+    pub shutdown_grace: Option<Dur>,
     pub providers: Option<RawProviders>,
     pub model_alias: Option<RawModelAlias>,
     pub failover: Option<RawFailover>,

@@ -239,7 +239,9 @@ pub fn respond(
         r.failover = run.failover;
         r.ttft_ms = ttft_ms;
     });
-    let (resp, status, provider_name) = match run.outcome {
+    crate::logging::failovers(&meta.trace_id, trace.model_requested(), &trace.attempts);
+    // The request's own log line is written when its trace completes (a stream's at its end).
+    match run.outcome {
         RunOutcome::Ok {
             success,
             provider,
@@ -275,7 +277,7 @@ pub fn respond(
             let mut resp = Response::new(body);
             *resp.status_mut() = status;
             *resp.headers_mut() = headers;
-            (resp, status.as_u16(), Some(provider.name().to_string()))
+            resp
         }
         RunOutcome::Final {
             error,
@@ -294,7 +296,7 @@ pub fn respond(
                 r.error = Some(error.to_string());
             });
             trace.finish(TraceStatus::Error);
-            (resp, status, Some(provider.name().to_string()))
+            resp
         }
         RunOutcome::Exhausted(e) => {
             let status = e.status().as_u16();
@@ -303,19 +305,9 @@ pub fn respond(
                 r.error = Some(e.to_string());
             });
             trace.finish(TraceStatus::Error);
-            (e.into_response(), status, None)
+            e.into_response()
         }
-    };
-    tracing::info!(
-        trace_id = %meta.trace_id,
-        provider = provider_name.as_deref().unwrap_or("-"),
-        model = meta.model.as_deref().unwrap_or("-"),
-        tries = run.tries,
-        failover = run.failover,
-        status,
-        "request"
-    );
-    resp
+    }
 }
 
 fn set_usage(

@@ -31,9 +31,11 @@ impl Stats {
 pub struct ProviderRuntime {
     pub cfg: ProviderConfig,
     pub client: reqwest::Client,
-    pub breaker: Mutex<Breaker>,
-    pub in_flight: AtomicUsize,
-    pub stats: Stats,
+    /// Breaker, in-flight count and stats are shared with the runtime a reload replaces, so
+    /// requests still finishing on the old config keep counting against the same provider.
+    pub breaker: Arc<Mutex<Breaker>>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub stats: Arc<Stats>,
     /// Models the provider reported serving (discovery), when known.
     discovered: RwLock<Option<Arc<Vec<String>>>>,
     /// The auth header for the configured key, built once (marked sensitive).
@@ -78,9 +80,9 @@ impl ProviderRuntime {
         ProviderRuntime {
             cfg,
             client,
-            breaker: Mutex::new(breaker),
-            in_flight: AtomicUsize::new(0),
-            stats: Stats::default(),
+            breaker: Arc::new(Mutex::new(breaker)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            stats: Arc::new(Stats::default()),
             discovered: RwLock::new(None),
             auth,
         }
@@ -214,8 +216,8 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime; providers whose name exists in `previous` keep their breaker state
-    /// and counters (hot reload).
+    /// Builds the runtime; providers whose name exists in `previous` share its breaker, in-flight
+    /// count and stats (hot reload), and its HTTP client when the connect timeout is unchanged.
     pub fn new(config: Config, previous: Option<&Runtime>) -> Runtime {
         let breaker_cfg = config.failover.breaker;
         let providers: Vec<Arc<ProviderRuntime>> = config
@@ -223,22 +225,18 @@ impl Runtime {
             .iter()
             .map(|pc| {
                 let old = previous.and_then(|r| r.providers.iter().find(|p| p.cfg.name == pc.name));
-                let mut breaker = old
-                    .map(|o| o.with_breaker(|b| b.clone()))
-                    .unwrap_or_else(|| Breaker::new(breaker_cfg));
-                breaker.set_config(breaker_cfg);
-                let rt = ProviderRuntime::new(pc.clone(), breaker);
+                let mut rt = ProviderRuntime::new(pc.clone(), Breaker::new(breaker_cfg));
                 if let Some(o) = old {
                     if o.cfg.base_url == pc.base_url {
-                        *rt.discovered.write().unwrap_or_else(|e| e.into_inner()) = o.discovered();
+                        rt.discovered = RwLock::new(o.discovered());
                     }
-                    for (dst, src) in [
-                        (&rt.stats.requests, &o.stats.requests),
-                        (&rt.stats.errors, &o.stats.errors),
-                        (&rt.stats.ewma_us, &o.stats.ewma_us),
-                    ] {
-                        dst.store(src.load(Ordering::Relaxed), Ordering::Relaxed);
+                    rt.breaker = o.breaker.clone();
+                    rt.in_flight = o.in_flight.clone();
+                    rt.stats = o.stats.clone();
+                    if o.cfg.timeouts.connect == pc.timeouts.connect {
+                        rt.client = o.client.clone();
                     }
+                    rt.with_breaker(|b| b.set_config(breaker_cfg));
                 }
                 Arc::new(rt)
             })

@@ -10,7 +10,7 @@ pub mod query;
 use crate::proxy::attempt::AttemptRecord;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -152,6 +152,9 @@ pub struct TraceSink {
     pub store_bodies: bool,
     /// Every finished request is also counted here.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set when shutdown cuts the requests still running after `shutdown_grace`: their traces
+    /// say so instead of blaming the client.
+    cut_by_shutdown: Arc<AtomicBool>,
 }
 
 impl TraceSink {
@@ -163,6 +166,7 @@ impl TraceSink {
             stats: Arc::new(TraceStats::default()),
             store_bodies: false,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            cut_by_shutdown: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -174,7 +178,13 @@ impl TraceSink {
         }
     }
 
+    /// From now on, requests that end without finishing were cut by shutdown.
+    pub fn mark_cut_by_shutdown(&self) {
+        self.cut_by_shutdown.store(true, Ordering::SeqCst);
+    }
+
     pub fn send(&self, rec: TraceRecord) {
+        crate::logging::request_finished(&rec);
         self.metrics.record(&rec);
         let Some(tx) = &self.tx else {
             if self.enabled {
@@ -217,6 +227,7 @@ impl TraceWriter {
                 stats,
                 store_bodies,
                 metrics: Arc::new(crate::metrics::Metrics::new()),
+                cut_by_shutdown: Arc::new(AtomicBool::new(false)),
             },
             path,
             handle: Some(handle),
@@ -453,6 +464,14 @@ impl PendingTrace {
         self.rec.as_ref().map(|r| r.id.as_str()).unwrap_or("")
     }
 
+    /// The model the client asked for.
+    pub fn model_requested(&self) -> &str {
+        self.rec
+            .as_ref()
+            .map(|r| r.model_requested.as_str())
+            .unwrap_or("")
+    }
+
     pub fn store_bodies(&self) -> bool {
         self.sink.store_bodies
     }
@@ -475,9 +494,17 @@ impl PendingTrace {
 
     fn send(&mut self, status: TraceStatus) {
         if let Some(mut rec) = self.rec.take() {
+            let cut = status == TraceStatus::ClientClosed
+                && self.sink.cut_by_shutdown.load(Ordering::SeqCst);
+            let status = if cut { TraceStatus::Error } else { status };
             rec.status = status;
             rec.latency_ms = self.started.elapsed().as_millis() as u64;
-            if status == TraceStatus::ClientClosed && rec.error.is_none() {
+            if cut {
+                rec.error = Some(
+                    "stockyard shut down before the request finished (shutdown_grace ran out)"
+                        .into(),
+                );
+            } else if status == TraceStatus::ClientClosed && rec.error.is_none() {
                 rec.error = Some("client closed the connection".into());
             }
             rec.attempts = std::mem::take(&mut self.attempts);
