@@ -44,6 +44,12 @@ pub enum ApiError {
         message: String,
         attempts: Vec<AttemptSummary>,
     },
+    /// The prompt does not fit any candidate's context window.
+    #[error("{message}")]
+    ContextTooLong {
+        message: String,
+        attempts: Vec<AttemptSummary>,
+    },
     #[error("{message}")]
     AllProvidersFailed {
         status: StatusCode,
@@ -75,6 +81,7 @@ impl ApiError {
             | ApiError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::AllProvidersFailed { status, .. } => *status,
+            ApiError::ContextTooLong { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,6 +122,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => "unknown_route",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::ModelNotFound { .. } => "model_not_found",
+            ApiError::ContextTooLong { .. } => "context_length_exceeded",
             ApiError::AllProvidersFailed { .. } => "all_providers_failed",
             ApiError::InvalidConfig(_) => "invalid_config",
             ApiError::ShuttingDown => "shutting_down",
@@ -126,6 +134,7 @@ impl ApiError {
         match self {
             ApiError::InvalidField { param, .. } => Some(param),
             ApiError::ModelNotFound { .. } => Some("model"),
+            ApiError::ContextTooLong { .. } => Some("messages"),
             _ => None,
         }
     }
@@ -133,6 +142,7 @@ impl ApiError {
     fn attempts(&self) -> Option<&[AttemptSummary]> {
         match self {
             ApiError::AllProvidersFailed { attempts, .. }
+            | ApiError::ContextTooLong { attempts, .. }
             | ApiError::ModelNotFound { attempts, .. } => Some(attempts),
             _ => None,
         }

@@ -454,3 +454,190 @@ async fn ready_follows_health_probes() {
         tokio::time::sleep(ms(25)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Context windows
+// ---------------------------------------------------------------------------------------------
+
+/// About `tokens` tokens of English text (4 characters per token in the estimate).
+fn words(tokens: usize, tag: &str) -> String {
+    let mut s = format!("{tag}: ");
+    while s.len() < tokens * 4 {
+        s.push_str("lorem ipsum ");
+    }
+    s
+}
+
+#[tokio::test]
+async fn providers_too_small_for_the_prompt_are_skipped() {
+    let (local, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_models(&["m"]);
+    let p = Proxy::start(&format!(
+        "providers:\n  \
+         - {{name: local, kind: openai-compatible, base_url: \"{}\", priority: 1, local: true, context_window: 1000}}\n  \
+         - {{name: cloud, kind: openai-compatible, base_url: \"{}\", priority: 2, local: false, context_window: 100000}}\n",
+        local.url(),
+        cloud.url()
+    ))
+    .await;
+    // Fits: local answers.
+    let r = p.chat("m").await;
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "local");
+    // A 2,000-token prompt does not fit 1,000 tokens: skipped without a round trip.
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": words(2000, "q")}]});
+    let r = p.post_chat(big).await;
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "cloud");
+    let att = attempts_of(&p, &r).await;
+    assert_eq!(att[0]["reason"], "context_too_small");
+    assert_eq!(local.hits(), 1);
+    // The prompt fits but prompt + max_tokens does not.
+    let r = p
+        .post_chat(json!({"model": "m", "max_tokens": 900,
+                          "messages": [{"role": "user", "content": words(300, "q")}]}))
+        .await;
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "cloud");
+    assert_eq!(local.hits(), 1);
+    // Too big for everyone: 400 context_length_exceeded, nothing sent.
+    let huge =
+        json!({"model": "m", "messages": [{"role": "user", "content": words(120_000, "q")}]});
+    let r = p.post_chat(huge).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert_eq!(cloud.hits(), 2);
+}
+
+#[tokio::test]
+async fn truncation_drops_the_oldest_turns_and_keeps_system_latest_user_and_tool_pairs() {
+    let (local, cloud) = (MockUpstream::start().await, MockUpstream::start().await);
+    local.set_models(&["m"]);
+    cloud.set_default(Step::status(503));
+    let p = Proxy::start(&format!(
+        "providers:\n  \
+         - {{name: cloud, kind: openai-compatible, base_url: \"{}\", priority: 1, local: false, context_window: 100000}}\n  \
+         - {{name: local, kind: openai-compatible, base_url: \"{}\", priority: 2, local: false, context_window: 1000, truncate: true}}\n",
+        cloud.url(),
+        local.url()
+    ))
+    .await;
+    let messages = json!([
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": words(300, "u1")},
+        {"role": "assistant", "content": words(300, "a1")},
+        {"role": "user", "content": words(100, "u2")},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": words(250, "t1")},
+        {"role": "assistant", "content": words(50, "a2")},
+        {"role": "user", "content": "latest question"}
+    ]);
+    let r = p
+        .post_chat(json!({"model": "m", "max_tokens": 100, "messages": messages}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "local");
+    // The cloud got the whole conversation; the local provider a truncated one.
+    assert_eq!(
+        cloud.last_json().unwrap()["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        8
+    );
+    let sent = local.last_json().unwrap()["messages"].clone();
+    let tags: Vec<String> = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let c = m["content"].as_str().unwrap_or("");
+            format!(
+                "{}:{}",
+                m["role"].as_str().unwrap(),
+                c.split(':').next().unwrap()
+            )
+        })
+        .collect();
+    // u1 and a1 (600 tokens) had to go; u2 fits, and the tool call and its result stay together.
+    assert_eq!(
+        tags,
+        [
+            "system:You are terse.",
+            "user:u2",
+            "assistant:",
+            "tool:t1",
+            "assistant:a2",
+            "user:latest question"
+        ]
+    );
+    let trace = p.trace(&hdr(&r, "x-stockyard-trace-id")).await;
+    let dropped = trace["truncated_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{trace}"));
+    assert!((500..=800).contains(&dropped), "dropped {dropped}");
+
+    // A window so small the tool pair must go too: it goes as a whole, never split (a window
+    // that only the call or only the result would fit in drops both).
+    let p = Proxy::start(&format!(
+        "providers:\n  \
+         - {{name: local, kind: openai-compatible, base_url: \"{}\", priority: 1, local: true, context_window: 420, truncate: true}}\n",
+        local.url()
+    ))
+    .await;
+    let r = p
+        .post_chat(json!({"model": "m", "max_tokens": 100, "messages": messages}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let sent = local.last_json().unwrap()["messages"].clone();
+    let roles: Vec<&str> = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    // The tool call and its result went together, and the conversation still opens with a
+    // user turn (a2 would have been first), so only the system prompt and the question remain.
+    assert_eq!(roles, ["system", "user"], "{sent}");
+    assert_eq!(sent[1]["content"], "latest question");
+}
+
+#[tokio::test]
+async fn a_context_length_error_moves_on_to_a_larger_window() {
+    let (small, same, large) = (
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+    );
+    small.set_default(Step::json(
+        400,
+        json!({"error": {"message": "This model's maximum context length is 8192 tokens",
+                         "type": "invalid_request_error", "param": "messages",
+                         "code": "context_length_exceeded"}}),
+    ));
+    let p = Proxy::start(&format!(
+        "providers:\n  \
+         - {{name: small, kind: openai-compatible, base_url: \"{}\", priority: 1, local: false, context_window: 8192}}\n  \
+         - {{name: same, kind: openai-compatible, base_url: \"{}\", priority: 2, local: false, context_window: 8192}}\n  \
+         - {{name: large, kind: openai-compatible, base_url: \"{}\", priority: 3, local: false, context_window: 128000}}\n",
+        small.url(),
+        same.url(),
+        large.url()
+    ))
+    .await;
+    let r = p.chat("m").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(hdr(&r, "x-stockyard-provider"), "large");
+    assert_eq!(
+        same.hits(),
+        0,
+        "a window no larger than the one that failed was tried"
+    );
+    let att = attempts_of(&p, &r).await;
+    assert_eq!(att[0]["reason"], "context_length");
+    assert_eq!(att[1]["reason"], "context_too_small");
+    assert_eq!(
+        p.breaker("small").1,
+        0,
+        "context errors are not breaker failures"
+    );
+}

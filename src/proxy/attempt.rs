@@ -28,6 +28,25 @@ pub struct Cand {
     pub provider: Arc<ProviderRuntime>,
     pub model: String,
     pub skip: Option<SkipReason>,
+    /// The candidate's context window in tokens, when known.
+    pub window: Option<u64>,
+    /// `messages` to send instead of the client's (raw JSON), after truncation to fit.
+    pub messages: Option<Arc<str>>,
+    /// Estimated prompt tokens dropped by that truncation.
+    pub truncated_tokens: Option<u64>,
+}
+
+impl Cand {
+    pub fn new(provider: Arc<ProviderRuntime>, model: String, skip: Option<SkipReason>) -> Cand {
+        Cand {
+            provider,
+            model,
+            skip,
+            window: None,
+            messages: None,
+            truncated_tokens: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -172,6 +191,7 @@ where
         last_err: None,
         earliest_retry: None,
         upstream: Duration::ZERO,
+        too_small: None,
     };
     let mut next = 0usize;
     'chain: while let Some((ci, first_permit)) = st.admit_next(cands, &mut next) {
@@ -360,6 +380,9 @@ struct RunState<'r, 'c> {
     last_err: Option<AttemptError>,
     earliest_retry: Option<Instant>,
     upstream: Duration,
+    /// After an upstream context-length error from a provider with a known window: that
+    /// window, so candidates no larger are skipped (`context_too_small`).
+    too_small: Option<u64>,
 }
 
 impl RunState<'_, '_> {
@@ -415,7 +438,11 @@ impl RunState<'_, '_> {
             let i = *next;
             *next += 1;
             let c = &cands[i];
-            if let Some(skip) = c.skip {
+            let too_small = match (self.too_small, c.window) {
+                (Some(failed), Some(w)) if w <= failed => Some(SkipReason::ContextTooSmall),
+                _ => None,
+            };
+            if let Some(skip) = c.skip.or(too_small) {
                 self.attempts.push(Self::record(
                     c,
                     AttemptOutcome::Skipped,
@@ -548,6 +575,11 @@ impl RunState<'_, '_> {
                     }
                     Class::Skip => {
                         log_transition(p, permit.success());
+                        if e.reason() == "context_length" {
+                            if let Some(w) = c.window {
+                                self.too_small = Some(self.too_small.map_or(w, |t| t.max(w)));
+                            }
+                        }
                         self.failover = true;
                         self.last_err = Some(e);
                         Verdict::Next
@@ -635,6 +667,26 @@ fn exhausted(
     {
         return ApiError::ModelNotFound {
             message: format!("no configured provider serves model `{model}`"),
+            attempts: summaries,
+        };
+    }
+    let too_small = SkipReason::ContextTooSmall.as_str();
+    if attempts
+        .iter()
+        .any(|a| a.reason.as_deref() == Some(too_small))
+        && attempts.iter().all(|a| {
+            matches!(
+                a.reason.as_deref(),
+                Some("context_too_small" | "context_length" | "model_unsupported" | "not_local")
+            )
+        })
+        && !call.local_only
+    {
+        return ApiError::ContextTooLong {
+            message: format!(
+                "the prompt does not fit the context window of any provider for model `{model}` \
+                 (set `truncate: true` on a provider to drop the oldest turns instead)"
+            ),
             attempts: summaries,
         };
     }

@@ -66,25 +66,14 @@ pub fn candidates(
                 Some((prefix, m)) if prefix == p.name() => m,
                 _ => model,
             };
-            return (
-                vec![Cand {
-                    provider: p.clone(),
-                    model: model.to_string(),
-                    skip: None,
-                }],
-                false,
-            );
+            return (vec![Cand::new(p.clone(), model.to_string(), None)], false);
         }
     }
     let route = rt.plan(model, opts);
     let cands = route
         .candidates
         .iter()
-        .map(|c| Cand {
-            provider: rt.providers[c.provider].clone(),
-            model: c.model.clone(),
-            skip: c.skip,
-        })
+        .map(|c| Cand::new(rt.providers[c.provider].clone(), c.model.clone(), c.skip))
         .collect();
     (cands, route.local_only)
 }
@@ -166,7 +155,8 @@ async fn handle_chat(
         local_only: header_true(headers, "x-stockyard-local-only"),
         no_failover: header_true(headers, "x-stockyard-no-failover"),
     };
-    let (cands, local_only) = candidates(rt, &auth, &req.model, &opts);
+    let (mut cands, local_only) = candidates(rt, &auth, &req.model, &opts);
+    super::fit::fit(&bytes, &mut cands);
     let key = match &auth {
         ClientAuth::Byok { key, .. } => Some(key.as_str()),
         _ => None,
@@ -185,12 +175,23 @@ async fn handle_chat(
     let tree: std::sync::OnceLock<Result<serde_json::Value, String>> = std::sync::OnceLock::new();
     let body_for = |c: &Cand| -> Result<Vec<u8>, AttemptError> {
         match c.provider.cfg.kind.info().wire {
-            Wire::OpenAi => Ok(req.upstream_body(&c.model)),
+            Wire::OpenAi => Ok(req.upstream_body_with(&c.model, c.messages.as_deref())),
             Wire::Anthropic => {
                 let v = tree
                     .get_or_init(|| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
                     .as_ref()
                     .map_err(|e| AttemptError::Translate(e.clone()))?;
+                let truncated;
+                let v = match c.messages.as_deref() {
+                    Some(m) => {
+                        let mut t = v.clone();
+                        t["messages"] = serde_json::from_str(m)
+                            .map_err(|e| AttemptError::Translate(e.to_string()))?;
+                        truncated = t;
+                        &truncated
+                    }
+                    None => v,
+                };
                 let out = anthropic::request_to_anthropic(v, &c.model, req.stream)
                     .map_err(|e| AttemptError::Translate(e.to_string()))?;
                 serde_json::to_vec(&out).map_err(|e| AttemptError::Translate(e.to_string()))
@@ -218,6 +219,16 @@ async fn handle_chat(
         )
         .await
     };
+    if let RunOutcome::Ok {
+        provider, model, ..
+    } = &run.outcome
+    {
+        let dropped = cands
+            .iter()
+            .find(|c| Arc::ptr_eq(&c.provider, provider) && c.model == *model)
+            .and_then(|c| c.truncated_tokens);
+        trace.update(|r| r.truncated_tokens = dropped);
+    }
     Ok(respond(run, meta, trace, &rt.config.pricing))
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod body;
 pub mod chat;
 pub mod classify;
+pub mod fit;
 pub mod messages;
 pub mod state;
 pub mod stream;
