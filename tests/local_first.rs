@@ -641,3 +641,60 @@ async fn a_context_length_error_moves_on_to_a_larger_window() {
         "context errors are not breaker failures"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Latency strategy
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn latency_strategy_prefers_the_fastest_but_keeps_a_near_local_first() {
+    let (slow, fast, local) = (
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+    );
+    slow.set_default(Step::ok_chat("slow").delay_headers(ms(250)));
+    local.set_default(Step::ok_chat("local").delay_headers(ms(60)));
+    local.set_models(&["m"]);
+    let yaml = |factor: u32| {
+        format!(
+            "failover: {{strategy: latency, local_factor: {factor}}}\nproviders:\n  \
+             - {{name: slow, kind: openai-compatible, base_url: \"{}\", priority: 1, local: false}}\n  \
+             - {{name: fast, kind: openai-compatible, base_url: \"{}\", priority: 2, local: false}}\n",
+            slow.url(),
+            fast.url()
+        )
+    };
+    let p = Proxy::start(&yaml(2)).await;
+    // Nothing measured yet: priority order, and each answer teaches the EWMA.
+    assert_eq!(hdr(&p.chat("m").await, "x-stockyard-provider"), "slow");
+    assert_eq!(hdr(&p.chat("m").await, "x-stockyard-provider"), "fast");
+    for _ in 0..3 {
+        assert_eq!(hdr(&p.chat("m").await, "x-stockyard-provider"), "fast");
+    }
+    let (_, route) = p.get_json("/api/proxy/route?model=m").await;
+    assert_eq!(route["chain"][0]["provider"], "fast");
+    assert_eq!(slow.hits(), 1);
+
+    // A local provider ~60 ms against a ~1 ms cloud: first only with a generous factor.
+    let with_local = |factor: u32| {
+        format!(
+            "failover: {{strategy: latency, local_factor: {factor}}}\nproviders:\n  \
+             - {{name: fast, kind: openai-compatible, base_url: \"{}\", priority: 1, local: false}}\n  \
+             - {{name: local, kind: openai-compatible, base_url: \"{}\", priority: 2, local: true}}\n",
+            fast.url(),
+            local.url()
+        )
+    };
+    for (factor, want) in [(2, "fast"), (1000, "local")] {
+        let p = Proxy::start(&with_local(factor)).await;
+        // Measure both: fast first (priority), then local (unmeasured scores 0).
+        p.chat("m").await;
+        p.chat("m").await;
+        let mut last = String::new();
+        for _ in 0..3 {
+            last = hdr(&p.chat("m").await, "x-stockyard-provider");
+        }
+        assert_eq!(last, want, "local_factor {factor}");
+    }
+}

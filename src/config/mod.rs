@@ -138,6 +138,9 @@ pub struct Failover {
     /// Provider indices in failover order (explicit `failover.providers`, else by priority).
     pub order: Vec<usize>,
     pub hedge_after: Duration,
+    /// `strategy: latency`: a healthy local provider stays first while its latency is within
+    /// this factor of the fastest provider's.
+    pub local_factor: f64,
     pub retry_on: RetryOn,
     pub breaker: BreakerConfig,
 }

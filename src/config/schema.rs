@@ -110,6 +110,7 @@ pub struct RawFailover {
     pub strategy: Option<Strategy>,
     pub providers: Option<Vec<String>>,
     pub hedge_after: Option<Dur>,
+    pub local_factor: Option<f64>,
     pub retry_on: Option<Vec<RetryOnEntry>>,
     pub circuit_breaker: Option<RawBreaker>,
 }

@@ -243,6 +243,14 @@ pub fn validate(
     let max_body_size = usize::try_from(max_body)
         .map_err(|_| cx.at("max_body_size", "max_body_size is too large"))?;
 
+    let local_factor = fo.local_factor.unwrap_or(2.0);
+    if !(1.0..=1000.0).contains(&local_factor) {
+        return Err(cx.at(
+            "failover.local_factor",
+            "failover.local_factor must be between 1 and 1000",
+        ));
+    }
+
     let config = Config {
         source: file.to_string(),
         listen,
@@ -265,6 +273,7 @@ pub fn validate(
             strategy: fo.strategy.unwrap_or_default(),
             order,
             hedge_after: fo.hedge_after.map(|d| d.0).unwrap_or(Duration::ZERO),
+            local_factor,
             retry_on,
             breaker,
         },

@@ -266,7 +266,30 @@ impl Runtime {
     /// The chain for a model now: the routing plan with discovered models, ordered by the
     /// configured strategy.
     pub fn plan(&self, model: &str, opts: &crate::routing::RouteOptions) -> crate::routing::Route {
-        crate::routing::plan_live(&self.config, &self.live(), model, opts)
+        let mut route = crate::routing::plan_live(&self.config, &self.live(), model, opts);
+        if self.config.failover.strategy == crate::config::Strategy::Latency {
+            let now = std::time::Instant::now();
+            let health: Vec<crate::routing::Health> = self
+                .providers
+                .iter()
+                .map(|p| {
+                    let snap = p.with_breaker(|b| b.snapshot());
+                    crate::routing::Health {
+                        ewma_us: p.stats.ewma_us.load(Ordering::Relaxed),
+                        failures: snap.failures,
+                        open: snap.state == crate::breaker::State::Open
+                            && snap.retry_at.is_some_and(|t| t > now),
+                    }
+                })
+                .collect();
+            crate::routing::order_by_latency(
+                &mut route,
+                &self.config,
+                &health,
+                self.config.failover.local_factor,
+            );
+        }
+        route
     }
 
     /// What routing needs to know from the live providers.

@@ -57,6 +57,9 @@ pub struct Route {
     pub alias: Option<String>,
     pub local_only: bool,
     pub candidates: Vec<Candidate>,
+    /// How many leading candidates are explicit `provider/model` pins (kept first by every
+    /// strategy).
+    pub pinned: usize,
 }
 
 impl Route {
@@ -128,7 +131,10 @@ pub fn plan_live(cfg: &Config, live: &Live, model: &str, opts: &RouteOptions) ->
             chain.push(c);
         }
     };
+    let mut pinned = 0;
+    let mut pins_only = true;
     for t in &targets {
+        pins_only &= t.provider.is_some();
         let provider = t
             .provider
             .or_else(|| natural_provider_live(cfg, live, &t.model));
@@ -143,6 +149,7 @@ pub fn plan_live(cfg: &Config, live: &Live, model: &str, opts: &RouteOptions) ->
                 .discovered(p)
                 .filter(|l| !model_in(l, &model))
                 .map(|_| SkipReason::ModelUnsupported);
+            let before = chain.len();
             push(
                 &mut chain,
                 Candidate {
@@ -151,6 +158,9 @@ pub fn plan_live(cfg: &Config, live: &Live, model: &str, opts: &RouteOptions) ->
                     skip,
                 },
             );
+            if pins_only && chain.len() > before {
+                pinned = chain.len();
+            }
         }
     }
 
@@ -201,11 +211,55 @@ pub fn plan_live(cfg: &Config, live: &Live, model: &str, opts: &RouteOptions) ->
             }
         }
     }
+    pinned = pinned.min(chain.len());
     Route {
         requested: model.to_string(),
         alias,
         local_only,
         candidates: chain,
+        pinned,
+    }
+}
+
+/// What `strategy: latency` knows of a provider now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Health {
+    /// EWMA of time to first byte in microseconds (0: no sample yet).
+    pub ewma_us: u64,
+    /// Consecutive retryable failures (the breaker's count).
+    pub failures: u32,
+    /// The circuit is open (the candidate will be skipped).
+    pub open: bool,
+}
+
+/// `strategy: latency`: orders the non-pinned candidates by time to first byte, penalising
+/// recent failures (each consecutive failure doubles the score; open circuits go last); a
+/// provider with no sample yet scores 0 so it gets measured. A healthy local provider (circuit
+/// closed, no recent failure) still goes first while its score is within `local_factor` of
+/// the fastest.
+pub fn order_by_latency(route: &mut Route, cfg: &Config, health: &[Health], local_factor: f64) {
+    let score = |c: &Candidate| -> f64 {
+        let h = health.get(c.provider).copied().unwrap_or_default();
+        if c.skip.is_some() || h.open {
+            return f64::INFINITY;
+        }
+        h.ewma_us as f64 * f64::from(1u32 << h.failures.min(16))
+    };
+    let rest = &mut route.candidates[route.pinned..];
+    rest.sort_by(|a, b| score(a).total_cmp(&score(b)));
+    let Some(best) = rest.first().map(score).filter(|s| s.is_finite()) else {
+        return;
+    };
+    let local = rest.iter().position(|c| {
+        let h = health.get(c.provider).copied().unwrap_or_default();
+        cfg.providers[c.provider].local
+            && c.skip.is_none()
+            && !h.open
+            && h.failures == 0
+            && score(c) <= best.max(1.0) * local_factor
+    });
+    if let Some(i) = local {
+        rest[..=i].rotate_right(1);
     }
 }
 
@@ -450,5 +504,56 @@ model_alias:
         assert_eq!(names(&c, &r), ["openai:gpt-4o-mini", "local:gpt-4o-mini"]);
         let r = plan(&c, "mistral-7b", &RouteOptions::default());
         assert_eq!(names(&c, &r), ["local:mistral-7b", "openai:mistral-7b"]);
+    }
+
+    #[test]
+    fn latency_orders_unpinned_candidates_and_keeps_a_near_local_first() {
+        let c = cfg(r#"
+providers:
+  - {name: local, kind: openai-compatible, base_url: "http://127.0.0.1:9/v1", priority: 1}
+  - {name: a, kind: openai-compatible, base_url: "https://a.example/v1", priority: 2}
+  - {name: b, kind: openai-compatible, base_url: "https://b.example/v1", priority: 3}
+model_alias:
+  aliases:
+    pinned: b/m
+"#);
+        let h = |ewma_us, failures, open| Health {
+            ewma_us,
+            failures,
+            open,
+        };
+        let order = |model: &str, health: &[Health], factor: f64| {
+            let mut r = plan(&c, model, &RouteOptions::default());
+            order_by_latency(&mut r, &c, health, factor);
+            names(&c, &r)
+        };
+        // b fastest; local 3x slower than b: beyond factor 2, within factor 4.
+        let hs = [
+            h(30_000, 0, false),
+            h(50_000, 0, false),
+            h(10_000, 0, false),
+        ];
+        assert_eq!(order("m", &hs, 2.0), ["b:m", "local:m", "a:m"]);
+        assert_eq!(order("m", &hs, 4.0), ["local:m", "b:m", "a:m"]);
+        // A local provider with a recent failure loses its place (even within the factor),
+        // and each failure doubles a score.
+        let hs = [
+            h(12_000, 1, false),
+            h(50_000, 0, false),
+            h(10_000, 0, false),
+        ];
+        assert_eq!(order("m", &hs, 4.0), ["b:m", "local:m", "a:m"]);
+        let hs = [
+            h(12_000, 0, false),
+            h(50_000, 0, false),
+            h(10_000, 2, false),
+        ];
+        assert_eq!(order("m", &hs, 1.0), ["local:m", "b:m", "a:m"]);
+        // Open circuits go last; unmeasured providers first (so they get measured).
+        let hs = [h(0, 0, false), h(5_000, 0, true), h(10_000, 0, false)];
+        assert_eq!(order("m", &hs, 1.0), ["local:m", "b:m", "a:m"]);
+        // A pinned alias target stays first whatever its latency.
+        let hs = [h(1_000, 0, false), h(2_000, 0, false), h(90_000, 0, false)];
+        assert_eq!(order("pinned", &hs, 1.0)[0], "b:m");
     }
 }
