@@ -377,7 +377,10 @@ mod tests {
                 Some((p, last)) if last.starts_with('<') => p.to_string(),
                 _ => own.to_string(),
             };
-            assert!(keys.contains(&parent), "section `{prefix}`: no key `{parent}`");
+            assert!(
+                keys.contains(&parent),
+                "section `{prefix}`: no key `{parent}`"
+            );
         }
         assert!(keys.contains(&"providers[].timeouts.first_byte".to_string()));
         assert!(keys.contains(&"pricing.<model>.output".to_string()));
