@@ -313,11 +313,14 @@ pub fn struct_fields<T: de::DeserializeOwned>() -> &'static [&'static str] {
     fields
 }
 
+/// Returns a struct's field names (see [`struct_fields`]).
+pub type FieldsFn = fn() -> &'static [&'static str];
+
 /// Where each struct of the file format sits: the path prefix of its keys, and its fields.
 /// `[]` marks a list entry (`providers[].name`), `<...>` a key the user chooses
 /// (`pricing.<model>.input`). A new field on any of these structs appears in [`known_keys`]
 /// by itself; a new nested struct needs a line here.
-pub const SECTIONS: &[(&str, fn() -> &'static [&'static str])] = &[
+pub const SECTIONS: &[(&str, FieldsFn)] = &[
     ("", struct_fields::<RawConfig>),
     ("providers[]", struct_fields::<RawProvider>),
     ("providers[].timeouts", struct_fields::<RawTimeouts>),
