@@ -16,7 +16,7 @@ fi
 if ! python3 -c "import llama_cpp.server.app, gguf" >/dev/null 2>&1; then
   echo "installing llama-cpp-python[server] and gguf (builds llama.cpp from source once)..." >&2
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" python3 -m pip install --quiet --disable-pip-version-check \
-    'llama-cpp-python[server]' gguf
+    'llama-cpp-python[server]==0.3.36' 'gguf==0.19.0'
 fi
 
 cargo test --locked "$@"
