@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod breaker;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -75,6 +75,8 @@ pub struct Metrics {
     in_flight: Family<ProviderLabels, Gauge>,
     traces_dropped: Counter,
     traces_written: Counter,
+    cache_hits: Counter,
+    cache_misses: Counter,
     /// Last values copied from [`TraceStats`] (the counters only move forward).
     seen: Mutex<(u64, u64)>,
 }
@@ -172,6 +174,18 @@ impl Metrics {
             "Traces written to SQLite",
             traces_written.clone(),
         );
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Chat completions answered from the response cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Cacheable chat completions not found in the response cache",
+            cache_misses.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -187,6 +201,8 @@ impl Metrics {
             in_flight,
             traces_dropped,
             traces_written,
+            cache_hits,
+            cache_misses,
             seen: Mutex::new((0, 0)),
         }
     }
@@ -229,7 +245,18 @@ impl Metrics {
                     .inc();
             }
         }
-        if let Some(p) = &r.provider {
+        match r.cache {
+            Some(crate::cache::CacheOutcome::Hit) => {
+                self.cache_hits.inc();
+            }
+            Some(crate::cache::CacheOutcome::Miss) => {
+                self.cache_misses.inc();
+            }
+            None => {}
+        }
+        // A cache hit made no upstream call: no latency, token or cost samples for the provider.
+        let upstream = r.cache != Some(crate::cache::CacheOutcome::Hit);
+        if let Some(p) = r.provider.as_ref().filter(|_| upstream) {
             let labels = ProviderLabels {
                 provider: p.clone(),
             };

@@ -104,8 +104,10 @@ impl Running {
         Ok(Drain::Cut(cut))
     }
 
-    /// Writes every pending trace and stops the trace writer.
+    /// Writes every pending trace and cache entry, and stops the writers.
     pub async fn finish(mut self) {
+        let st = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || st.cache.shutdown()).await;
         if let Some(w) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
         }
@@ -135,6 +137,11 @@ impl Running {
         if let Some(w) = &self.writer {
             w.flush().await;
         }
+    }
+
+    /// Waits until every response-cache write queued so far is in the database.
+    pub async fn flush_cache(&self) {
+        self.state.cache.flush().await;
     }
 }
 
@@ -179,7 +186,13 @@ pub async fn start_with(
     });
     let source = opts.source.unwrap_or_else(|| ConfigSource::of(&config));
     let (sink, writer, db_path) = start_traces(&config);
+    let cache_on = config.cache.enabled;
     let state = AppState::new(config, sink.clone(), db_path);
+    if cache_on {
+        // After the trace writer has migrated the database: one migrator at a time.
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || st.cache.open_blocking()).await;
+    }
     let rt = state.runtime();
     crate::health::discover_all(&rt, crate::health::STARTUP_DISCOVERY_LIMIT).await;
     crate::health::spawn(&rt, true);

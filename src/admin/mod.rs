@@ -25,6 +25,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/proxy/breakers/{name}/reset", post(reset_one))
         .route("/api/proxy/route", get(route))
         .route("/api/proxy/reload", post(reload))
+        .route("/api/proxy/cache", get(cache_stats).delete(cache_clear))
         .route("/api/traces", get(traces_list))
         .route("/api/traces/spend", get(traces_spend))
         .route("/api/traces/{id}", get(trace_get))
@@ -228,6 +229,36 @@ async fn route(
         no_failover: false,
     };
     Json(route_json(&st.runtime(), model, &opts)).into_response()
+}
+
+/// `GET /api/proxy/cache`: `{enabled, entries, hits, misses, bytes, errors, mode, ttl_ms,
+/// max_entries}`; hits, misses and errors count since the process started.
+async fn cache_stats(State(st): State<Arc<AppState>>) -> Response {
+    let rt = st.runtime();
+    let c = rt.config.cache;
+    match st.cache.stats_json(c.enabled).await {
+        Ok(mut v) => {
+            v["mode"] = json!(match c.mode {
+                crate::config::CacheMode::Deterministic => "deterministic",
+                crate::config::CacheMode::All => "all",
+            });
+            v["ttl_ms"] = json!(c.ttl.as_millis() as u64);
+            v["max_entries"] = json!(c.max_entries);
+            Json(v).into_response()
+        }
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
+}
+
+/// `DELETE /api/proxy/cache`: removes every entry; `{"cleared": N}`.
+async fn cache_clear(State(st): State<Arc<AppState>>) -> Response {
+    match st.cache.clear().await {
+        Ok(n) => {
+            tracing::info!(entries = n, "response cache cleared by admin");
+            Json(json!({"cleared": n})).into_response()
+        }
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
 }
 
 /// Runs a read query against the trace database off the async runtime.

@@ -39,14 +39,19 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-pub fn authenticate(cfg: &Config, headers: &HeaderMap) -> Result<ClientAuth, ApiError> {
-    let token = bearer(headers).or_else(|| {
+/// The key the client presented: a bearer token, else `x-api-key`.
+pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    bearer(headers).or_else(|| {
         headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|t| !t.is_empty())
-    });
+    })
+}
+
+pub fn authenticate(cfg: &Config, headers: &HeaderMap) -> Result<ClientAuth, ApiError> {
+    let token = presented_token(headers);
     let Some(token) = token else {
         return if cfg.api_keys.is_empty() {
             Ok(ClientAuth::Open)

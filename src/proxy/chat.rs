@@ -122,7 +122,8 @@ pub async fn chat_completions(
         tries: 0,
         failover: false,
     };
-    let mut resp = match handle_chat(&st, &rt, &headers, body, &mut meta).await {
+    let mut cache_hit = false;
+    let mut resp = match handle_chat(&st, &rt, &headers, body, &mut meta, &mut cache_hit).await {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(trace_id = %meta.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
@@ -130,6 +131,9 @@ pub async fn chat_completions(
         }
     };
     meta.apply(resp.headers_mut());
+    if rt.config.cache.enabled {
+        super::cached::set_header(resp.headers_mut(), cache_hit);
+    }
     resp
 }
 
@@ -139,6 +143,7 @@ async fn handle_chat(
     headers: &HeaderMap,
     body: Body,
     meta: &mut Meta,
+    cache_hit: &mut bool,
 ) -> Result<Response, ApiError> {
     let auth = authenticate(&rt.config, headers)?;
     let bytes = read_body(headers, body, rt.config.max_body_size).await?;
@@ -155,6 +160,27 @@ async fn handle_chat(
         local_only: header_true(headers, "x-stockyard-local-only"),
         no_failover: header_true(headers, "x-stockyard-no-failover"),
     };
+    let cache = super::cached::plan(&rt.config, &auth, headers, &bytes, &req, opts.local_only);
+    let mut storing = None;
+    if let Some(plan) = cache {
+        if let Some(hit) = st.cache.lookup(plan.key, rt.config.cache.ttl).await {
+            *cache_hit = true;
+            return Ok(super::cached::respond_hit(
+                hit,
+                req.stream,
+                req.include_usage,
+                meta,
+                trace,
+            ));
+        }
+        trace.update(|r| r.cache = Some(crate::cache::CacheOutcome::Miss));
+        storing = st.cache.opened().map(|store| super::cached::Storing {
+            store,
+            plan,
+            ttl: rt.config.cache.ttl,
+            max_entries: rt.config.cache.max_entries,
+        });
+    }
     let (mut cands, local_only) = candidates(rt, &auth, &req.model, &opts);
     super::fit::fit(&bytes, &mut cands);
     let key = match &auth {
@@ -198,7 +224,7 @@ async fn handle_chat(
             }
         }
     };
-    let run = if req.stream {
+    let mut run = if req.stream {
         let include_usage = req.include_usage;
         attempt::run(&cands, &call, &mut trace.attempts, body_for, |resp, ctx| {
             super::stream::finish_stream(resp, ctx, include_usage)
@@ -228,6 +254,9 @@ async fn handle_chat(
             .find(|c| Arc::ptr_eq(&c.provider, provider) && c.model == *model)
             .and_then(|c| c.truncated_tokens);
         trace.update(|r| r.truncated_tokens = dropped);
+    }
+    if let Some(storing) = storing {
+        super::cached::store_on_success(&mut run, storing).await;
     }
     Ok(respond(run, meta, trace, &rt.config.pricing))
 }

@@ -3,6 +3,7 @@
 pub mod attempt;
 pub mod auth;
 pub mod body;
+pub mod cached;
 pub mod chat;
 pub mod classify;
 pub mod fit;

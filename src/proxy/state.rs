@@ -344,6 +344,8 @@ pub struct AppState {
     pub traces: crate::traces::TraceSink,
     /// The trace database, for admin queries (None when traces are off).
     pub db_path: Option<std::path::PathBuf>,
+    /// The response cache (in `<data_dir>/stockyard.db`, opened when first needed).
+    pub cache: crate::cache::Cache,
 }
 
 impl AppState {
@@ -352,12 +354,14 @@ impl AppState {
         traces: crate::traces::TraceSink,
         db_path: Option<std::path::PathBuf>,
     ) -> Arc<AppState> {
+        let cache = crate::cache::Cache::new(config.data_dir.join("stockyard.db"));
         let rt = Arc::new(Runtime::new(config, None));
         Arc::new(AppState {
             runtime: RwLock::new(rt),
             started: Instant::now(),
             traces,
             db_path,
+            cache,
         })
     }
 

@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/0002_truncation_hedging.sql"),
     ),
+    (3, include_str!("../../migrations/0003_cache.sql")),
 ];
 
 /// Opens (creating if needed) the database with WAL and `synchronous=NORMAL`, and migrates it.

@@ -67,6 +67,9 @@ pub struct TraceRecord {
     pub error: Option<String>,
     /// Estimated prompt tokens dropped to fit the answering provider's context window.
     pub truncated_tokens: Option<u64>,
+    /// Whether the response cache answered (`hit`) or was looked up in vain (`miss`); `None`
+    /// when it was not consulted.
+    pub cache: Option<crate::cache::CacheOutcome>,
     pub request_body: Option<String>,
     pub response_body: Option<String>,
     pub attempts: Vec<AttemptRecord>,
@@ -96,6 +99,7 @@ impl TraceRecord {
             cost_usd: None,
             error: None,
             truncated_tokens: None,
+            cache: None,
             request_body: None,
             response_body: None,
             attempts: Vec::new(),
@@ -392,8 +396,8 @@ pub fn insert_batch(
     let tx = conn.transaction()?;
     {
         let mut req = tx.prepare_cached(
-            "INSERT OR REPLACE INTO requests (id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, request_body, response_body, truncated_tokens)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            "INSERT OR REPLACE INTO requests (id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, request_body, response_body, truncated_tokens, cache)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         )?;
         let mut att = tx.prepare_cached(
             "INSERT OR REPLACE INTO attempts (request_id, seq, provider, model, outcome, reason, http_status, latency_ms, hedged)
@@ -421,6 +425,7 @@ pub fn insert_batch(
                 r.request_body,
                 r.response_body,
                 r.truncated_tokens.map(|v| v as i64),
+                r.cache.map(|c| c.as_str()),
             ])?;
             for (seq, a) in r.attempts.iter().enumerate() {
                 att.execute(rusqlite::params![

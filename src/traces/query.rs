@@ -38,10 +38,11 @@ fn row_json(r: &Row) -> rusqlite::Result<Value> {
         "cost_usd": r.get::<_, Option<f64>>("cost_usd")?,
         "error": r.get::<_, Option<String>>("error")?,
         "truncated_tokens": r.get::<_, Option<i64>>("truncated_tokens")?,
+        "cache": r.get::<_, Option<String>>("cache")?,
     }))
 }
 
-const COLUMNS: &str = "id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, truncated_tokens";
+const COLUMNS: &str = "id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, truncated_tokens, cache";
 
 /// Newest-first page of traces.
 pub fn list(conn: &Connection, f: &TraceFilter) -> rusqlite::Result<Vec<Value>> {
