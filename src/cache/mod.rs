@@ -494,69 +494,68 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, pending: Pendi
         let mut flushes = Vec::new();
         let mut clears: Vec<(oneshot::Sender<u64>, u64)> = Vec::new();
         let mut bound: Option<(Duration, u64)> = None;
+        let mut failed = 0usize;
+        let mut last_error = None;
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             for msg in batch {
-                match msg {
+                // One failing statement (a vanished table, a full disk) costs that message only;
+                // acknowledgements and the stop request are never lost.
+                let done = match msg {
                     Msg::Put {
                         entry,
                         ttl,
                         max_entries,
                     } => {
-                        let bytes = entry.body.len() as i64;
-                        tx.prepare_cached(
-                            "INSERT INTO cache_entries (key, tenant, provider, model, local, body, bytes, created_at, last_used, hits)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)
-                             ON CONFLICT(key) DO UPDATE SET tenant = excluded.tenant, provider = excluded.provider,
-                               model = excluded.model, local = excluded.local, body = excluded.body,
-                               bytes = excluded.bytes, created_at = excluded.created_at,
-                               last_used = excluded.last_used, hits = 0",
-                        )?
-                        .execute(params![
-                            &entry.key.0[..],
-                            entry.tenant,
-                            entry.provider,
-                            entry.model,
-                            entry.local,
-                            &entry.body[..],
-                            bytes,
-                            entry.created_at as i64,
-                            clock.next(),
-                        ])?;
+                        // Leaves the in-memory map after this batch whether or not it commits.
+                        puts.push(entry.clone());
                         bound = Some((ttl, max_entries));
-                        puts.push(entry);
+                        write_entry(&tx, &entry, clock.next())
                     }
-                    Msg::Touch(key) => {
-                        tx.prepare_cached(
+                    Msg::Touch(key) => tx
+                        .prepare_cached(
                             "UPDATE cache_entries SET last_used = ?2, hits = hits + 1 WHERE key = ?1",
-                        )?
-                        .execute(params![&key.0[..], clock.next()])?;
-                    }
-                    Msg::Remove(key) => {
-                        tx.prepare_cached("DELETE FROM cache_entries WHERE key = ?1")?
-                            .execute([&key.0[..]])?;
-                    }
+                        )
+                        .and_then(|mut st| st.execute(params![&key.0[..], clock.next()]))
+                        .map(drop),
+                    Msg::Remove(key) => tx
+                        .prepare_cached("DELETE FROM cache_entries WHERE key = ?1")
+                        .and_then(|mut st| st.execute([&key.0[..]]))
+                        .map(drop),
                     Msg::Clear(ack) => {
-                        let n = tx.execute("DELETE FROM cache_entries", [])?;
-                        clears.push((ack, n as u64));
+                        let n = tx.execute("DELETE FROM cache_entries", []);
+                        clears.push((ack, *n.as_ref().unwrap_or(&0) as u64));
+                        n.map(drop)
                     }
-                    Msg::Flush(ack) => flushes.push(ack),
+                    Msg::Flush(ack) => {
+                        flushes.push(ack);
+                        Ok(())
+                    }
                     Msg::Stop => {
                         stop = true;
-                        break;
+                        Ok(())
                     }
+                };
+                if let Err(e) = done {
+                    failed += 1;
+                    last_error = Some(e);
                 }
             }
             if let Some((ttl, max_entries)) = bound {
-                evict(&tx, ttl, max_entries)?;
+                if let Err(e) = evict(&tx, ttl, max_entries) {
+                    failed += 1;
+                    last_error = Some(e);
+                }
             }
             tx.commit()
         })();
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cache write failed; the answers in this batch are not cached");
+        if let Err(e) = &result {
             for (_, n) in clears.iter_mut() {
                 *n = 0;
             }
+            tracing::warn!(error = %e, "cache write failed; the answers in this batch are not cached");
+        } else if let Some(e) = last_error {
+            tracing::warn!(error = %e, failed, "cache writes failed; those answers are not cached");
         }
         for e in &puts {
             remove_pending(&pending, &e.key, e);
@@ -568,6 +567,29 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, pending: Pendi
             let _ = ack.send(());
         }
     }
+}
+
+fn write_entry(tx: &rusqlite::Transaction, e: &Entry, last_used: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO cache_entries (key, tenant, provider, model, local, body, bytes, created_at, last_used, hits)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)
+         ON CONFLICT(key) DO UPDATE SET tenant = excluded.tenant, provider = excluded.provider,
+           model = excluded.model, local = excluded.local, body = excluded.body,
+           bytes = excluded.bytes, created_at = excluded.created_at,
+           last_used = excluded.last_used, hits = 0",
+    )?
+    .execute(params![
+        &e.key.0[..],
+        e.tenant,
+        e.provider,
+        e.model,
+        e.local,
+        &e.body[..],
+        e.body.len() as i64,
+        e.created_at as i64,
+        last_used,
+    ])?;
+    Ok(())
 }
 
 /// Drops expired entries, then the least recently used beyond `max_entries`.

@@ -81,6 +81,11 @@ impl Assembler {
         Assembler::default()
     }
 
+    /// `[DONE]` was seen (nothing else may follow).
+    pub fn is_done(&self) -> bool {
+        self.done && !self.broken
+    }
+
     /// Feeds bytes as they are sent to the client.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.broken {

@@ -254,6 +254,11 @@ impl futures::Stream for Tee {
             Poll::Ready(Some(Ok(b))) => {
                 if let Some(a) = self.asm.as_mut() {
                     a.push(b);
+                    if a.is_done() {
+                        // The relay has recorded how the stream ended before handing over
+                        // `[DONE]`: store now, so the client's next request can already hit.
+                        self.end();
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => self.asm = None,

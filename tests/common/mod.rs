@@ -179,3 +179,32 @@ pub fn two(a: &str, b: &str, provider_extra: &str, top_extra: &str) -> String {
         "providers:\n  - {{name: a, kind: openai-compatible, base_url: \"{a}\", priority: 1{provider_extra}}}\n  - {{name: b, kind: openai-compatible, base_url: \"{b}\", priority: 2{provider_extra}}}\n{top_extra}"
     )
 }
+
+// Response cache helpers (tests/cache.rs).
+impl Proxy {
+    /// Waits until every response-cache write queued so far is in the database.
+    pub async fn flush_cache(&self) {
+        self.running.as_ref().unwrap().flush_cache().await;
+    }
+
+    /// Stops the server (flushing traces and the cache) and starts a new one with `yaml` on the
+    /// same data_dir, as a restart of the process would.
+    pub async fn restart(&mut self, yaml: &str) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+        let env = Env::from_pairs([
+            ("HOME", "/tmp".to_string()),
+            (
+                "STOCKYARD_DATA_DIR",
+                self.data_dir.path().display().to_string(),
+            ),
+        ]);
+        let cfg = load_str(yaml, "test.yaml", &env)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = start(cfg, Some(listener)).await.unwrap();
+        self.url = format!("http://{}", running.addr);
+        self.running = Some(running);
+    }
+}
