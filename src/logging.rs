@@ -78,6 +78,7 @@ pub fn request_finished(r: &TraceRecord) {
         http_status = r.http_status,
         latency_ms = r.latency_ms,
         ttft_ms = r.ttft_ms,
+        cache = r.cache.map(|c| c.as_str()),
         "request"
     );
 }

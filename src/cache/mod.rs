@@ -31,6 +31,9 @@ const CHANNEL_CAPACITY: usize = 4096;
 const BATCH: usize = 256;
 /// Read connections kept for reuse.
 const READERS: usize = 4;
+/// Answers queued for the writer are held in memory up to this many bytes; beyond, new answers
+/// are not cached until the writer catches up.
+const MAX_PENDING_BYTES: usize = 64 << 20;
 /// A lookup that takes longer than this is a miss.
 const LOOKUP_DEADLINE: Duration = Duration::from_millis(500);
 /// SQLite's busy wait for a reader (WAL readers rarely wait at all).
@@ -304,10 +307,14 @@ impl Store {
     /// Queues an entry for the writer; until it is committed, lookups find it in memory.
     pub fn put(&self, entry: Entry, ttl: Duration, max_entries: u64) -> Result<(), CacheError> {
         let entry = Arc::new(entry);
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(entry.key, entry.clone());
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let queued: usize = pending.values().map(|e| e.body.len()).sum();
+            if queued + entry.body.len() > MAX_PENDING_BYTES {
+                return Err(CacheError::QueueFull);
+            }
+            pending.insert(entry.key, entry.clone());
+        }
         let key = entry.key;
         let sent = self.send(Msg::Put {
             entry: entry.clone(),
