@@ -532,6 +532,16 @@ pub async fn finish_chat_json(
     resp: reqwest::Response,
     ctx: AttemptCtx,
 ) -> Result<Success, AttemptError> {
+    finish_json_with(resp, ctx, validate_chat_json).await
+}
+
+/// Reads a 2xx JSON answer: small bodies are checked whole by `validate` (which also reads the
+/// usage) and relayed byte for byte; bodies over [`VALIDATE_LIMIT`] are streamed through.
+pub async fn finish_json_with(
+    resp: reqwest::Response,
+    ctx: AttemptCtx,
+    validate: fn(u16, &[u8]) -> Result<Option<Usage>, AttemptError>,
+) -> Result<Success, AttemptError> {
     let (p, deadline) = (ctx.provider, ctx.deadline);
     let status = resp.status();
     let headers = relay_headers(resp.headers(), "application/json");
@@ -565,7 +575,7 @@ pub async fn finish_chat_json(
             }
             Ok(None) => {
                 let body = buf.freeze();
-                let usage = validate_chat_json(status.as_u16(), &body)?;
+                let usage = validate(status.as_u16(), &body)?;
                 return Ok(Success {
                     status,
                     headers,
