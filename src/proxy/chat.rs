@@ -109,28 +109,47 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// A fresh request's metadata, with a new trace id.
+    pub fn new() -> Meta {
+        Meta {
+            trace_id: new_trace_id(),
+            provider: None,
+            model: None,
+            tries: 0,
+            failover: false,
+        }
+    }
+
+    /// The client response for a handler's result, with the `x-stockyard-*` headers set.
+    pub fn finish(&self, result: Result<Response, ApiError>) -> Response {
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(trace_id = %self.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
+                e.into_response()
+            }
+        };
+        self.apply(resp.headers_mut());
+        resp
+    }
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta::new()
+    }
+}
+
 pub async fn chat_completions(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let rt = st.runtime();
-    let mut meta = Meta {
-        trace_id: new_trace_id(),
-        provider: None,
-        model: None,
-        tries: 0,
-        failover: false,
-    };
-    let mut resp = match handle_chat(&st, &rt, &headers, body, &mut meta).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(trace_id = %meta.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
-            e.into_response()
-        }
-    };
-    meta.apply(resp.headers_mut());
-    resp
+    let mut meta = Meta::new();
+    let result = handle_chat(&st, &rt, &headers, body, &mut meta).await;
+    meta.finish(result)
 }
 
 async fn handle_chat(

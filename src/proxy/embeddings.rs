@@ -12,10 +12,10 @@ use super::state::{AppState, Runtime};
 use crate::error::ApiError;
 use crate::providers::Wire;
 use crate::routing::{RouteOptions, SkipReason};
-use crate::traces::{new_trace_id, PendingTrace, TraceRecord};
+use crate::traces::{PendingTrace, TraceRecord};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::HeaderMap;
 use std::sync::Arc;
 
@@ -25,22 +25,9 @@ pub async fn embeddings(
     body: Body,
 ) -> Response {
     let rt = st.runtime();
-    let mut meta = Meta {
-        trace_id: new_trace_id(),
-        provider: None,
-        model: None,
-        tries: 0,
-        failover: false,
-    };
-    let mut resp = match handle(&st, &rt, &headers, body, &mut meta).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(trace_id = %meta.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
-            e.into_response()
-        }
-    };
-    meta.apply(resp.headers_mut());
-    resp
+    let mut meta = Meta::new();
+    let result = handle(&st, &rt, &headers, body, &mut meta).await;
+    meta.finish(result)
 }
 
 /// The fields an embeddings request must have, checked before anything is sent.
