@@ -109,28 +109,48 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// A fresh request's metadata, with a new trace id.
+    pub fn new() -> Meta {
+        Meta {
+            trace_id: new_trace_id(),
+            provider: None,
+            model: None,
+            tries: 0,
+            failover: false,
+        }
+    }
+
+    /// The client response for a handler's result, with the `x-stockyard-*` headers set.
+    pub fn finish(&self, result: Result<Response, ApiError>) -> Response {
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(trace_id = %self.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
+                e.into_response()
+            }
+        };
+        self.apply(resp.headers_mut());
+        resp
+    }
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta::new()
+    }
+}
+
 pub async fn chat_completions(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let rt = st.runtime();
-    let mut meta = Meta {
-        trace_id: new_trace_id(),
-        provider: None,
-        model: None,
-        tries: 0,
-        failover: false,
-    };
+    let mut meta = Meta::new();
     let mut cache_hit = false;
-    let mut resp = match handle_chat(&st, &rt, &headers, body, &mut meta, &mut cache_hit).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(trace_id = %meta.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
-            e.into_response()
-        }
-    };
-    meta.apply(resp.headers_mut());
+    let result = handle_chat(&st, &rt, &headers, body, &mut meta, &mut cache_hit).await;
+    let mut resp = meta.finish(result);
     if rt.config.cache.enabled {
         super::cached::set_header(resp.headers_mut(), cache_hit);
     }
@@ -561,6 +581,16 @@ pub async fn finish_chat_json(
     resp: reqwest::Response,
     ctx: AttemptCtx,
 ) -> Result<Success, AttemptError> {
+    finish_json_with(resp, ctx, validate_chat_json).await
+}
+
+/// Reads a 2xx JSON answer: small bodies are checked whole by `validate` (which also reads the
+/// usage) and relayed byte for byte; bodies over [`VALIDATE_LIMIT`] are streamed through.
+pub async fn finish_json_with(
+    resp: reqwest::Response,
+    ctx: AttemptCtx,
+    validate: fn(u16, &[u8]) -> Result<Option<Usage>, AttemptError>,
+) -> Result<Success, AttemptError> {
     let (p, deadline) = (ctx.provider, ctx.deadline);
     let status = resp.status();
     let headers = relay_headers(resp.headers(), "application/json");
@@ -594,7 +624,7 @@ pub async fn finish_chat_json(
             }
             Ok(None) => {
                 let body = buf.freeze();
-                let usage = validate_chat_json(status.as_u16(), &body)?;
+                let usage = validate(status.as_u16(), &body)?;
                 return Ok(Success {
                     status,
                     headers,

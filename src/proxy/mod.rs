@@ -6,6 +6,7 @@ pub mod body;
 pub mod cached;
 pub mod chat;
 pub mod classify;
+pub mod embeddings;
 pub mod fit;
 pub mod messages;
 pub mod state;
@@ -25,6 +26,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::list_models))
         .route("/v1/messages", post(messages::messages))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))
