@@ -639,6 +639,7 @@ fn main() {
         total_errors: 0,
         elapsed_s: 0.0,
     };
+    r.machine.load_avg_at_end = load_avg();
     r.total_errors = total_errors(&r);
     r.targets = targets(&r);
     r.elapsed_s = started.elapsed().as_secs_f64();
@@ -1068,13 +1069,18 @@ fn machine() -> Machine {
             .unwrap_or_default()
             .trim()
             .to_string(),
-        load_avg_at_start: std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+        load_avg_at_start: load_avg(),
+        load_avg_at_end: String::new(),
     }
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.

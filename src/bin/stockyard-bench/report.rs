@@ -231,6 +231,7 @@ pub struct Machine {
     pub mem_total_mb: u64,
     pub kernel: String,
     pub load_avg_at_start: String,
+    pub load_avg_at_end: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -301,10 +302,10 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "Machine: {} × {}, {} MiB RAM, Linux {}; load average at start {}. Mock upstream, load generator \
+        "Machine: {} × {}, {} MiB RAM, Linux {}; load average at start {}, at end {}. Mock upstream, load generator \
          and Stockyard all share these cores. Latencies in µs, as p50 / p90 / p99 / p99.9. Stockyard runs \
          with every feature on: traces to SQLite, circuit breakers, metrics, info-level logs.\n",
-        m.cpus, m.cpu_model, m.mem_total_mb, m.kernel, m.load_avg_at_start
+        m.cpus, m.cpu_model, m.mem_total_mb, m.kernel, m.load_avg_at_start, m.load_avg_at_end
     );
 
     let _ = writeln!(s, "## Targets\n");
