@@ -94,6 +94,9 @@ struct Args {
     /// Stockyard's log_level.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Stockyard's traces.enabled (false only to measure what tracing costs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    traces: bool,
     /// Command prefix for the stockyard process, e.g. "valgrind --tool=callgrind" (its CPU and
     /// RSS are then the wrapper's).
     #[arg(long)]
@@ -123,6 +126,7 @@ struct Plan {
     client_threads: usize,
     mock_threads: usize,
     log_level: String,
+    traces: bool,
     wrap: Vec<String>,
     stockyard: PathBuf,
     out_dir: PathBuf,
@@ -171,6 +175,7 @@ impl Plan {
             client_threads: a.client_threads.max(1),
             mock_threads: a.mock_threads.max(1),
             log_level: a.log_level,
+            traces: a.traces,
             wrap: a
                 .wrap
                 .map(|w| w.split_whitespace().map(String::from).collect())
@@ -215,7 +220,7 @@ fn chat_body(stream: bool) -> Bytes {
 }
 
 /// Every feature on: traces to SQLite, breakers, failover, metrics (always on), info logs.
-fn main_yaml(log_level: &str, mock_url: &str, port: u16, data: &Path) -> String {
+fn main_yaml(log_level: &str, traces: bool, mock_url: &str, port: u16, data: &Path) -> String {
     format!(
         r#"listen: 127.0.0.1:{port}
 data_dir: "{data}"
@@ -229,7 +234,7 @@ failover:
   enabled: true
   circuit_breaker: {{failure_threshold: 3, recovery_timeout: 30s}}
 traces:
-  enabled: true
+  enabled: {traces}
   store_bodies: false
 "#,
         data = data.display()
@@ -240,6 +245,7 @@ traces:
 /// `chain` (first, then mock).
 fn chain_yaml(
     log_level: &str,
+    traces: bool,
     mock_url: &str,
     dead_port: u16,
     threshold: u32,
@@ -268,7 +274,7 @@ failover:
   enabled: true
   circuit_breaker: {{failure_threshold: {threshold}, recovery_timeout: 1h}}
 traces:
-  enabled: true
+  enabled: {traces}
 "#,
         data = data.display(),
         model = mock::MODEL,
@@ -324,6 +330,14 @@ fn overhead_between(a: &[Option<f64>], b: &[Option<f64>]) -> Option<f64> {
     (n > 0.0).then(|| (s1 - s0) / n * 1e6)
 }
 
+fn per_req_us(cpu_s: f64, n: u64) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        cpu_s * 1e6 / n as f64
+    }
+}
+
 fn process(p: &Stockyard, reset_ok: bool, st: &Stats, overhead: Option<f64>) -> Process {
     let m = p.mem();
     let secs = st.window.as_secs_f64();
@@ -356,8 +370,9 @@ impl Bench {
     fn spawn_main(&self, name: &str) -> Stockyard {
         let url = self.mock.url();
         let ll = self.plan.log_level.clone();
+        let traces = self.plan.traces;
         let mut p = Stockyard::spawn(&self.plan.stockyard, name, &self.plan.wrap, |port, data| {
-            main_yaml(&ll, &url, port, data)
+            main_yaml(&ll, traces, &url, port, data)
         })
         .unwrap_or_else(|e| fail(&e));
         let wait = if self.plan.wrap.is_empty() { 15 } else { 120 };
@@ -388,12 +403,14 @@ impl Bench {
                 ))
             };
             // Alternate which goes first, so neither always runs on a warmer machine.
+            // For direct runs, the CPU of this process (load generator + mock) as a yardstick.
+            let me = Some(std::process::id());
             if round % 2 == 0 {
-                d.merge(&run(direct, None));
+                d.merge(&run(direct, me));
                 s.merge(&run(proxy, Some(p.pid)));
             } else {
                 s.merge(&run(proxy, Some(p.pid)));
-                d.merge(&run(direct, None));
+                d.merge(&run(direct, me));
             }
         }
         (d, s)
@@ -407,8 +424,8 @@ fn fail(msg: &str) -> ! {
 
 fn main() {
     let started = Instant::now();
-    log("starting");
     let plan = Plan::from(Args::parse());
+    log("starting");
     if !plan.stockyard.is_file() {
         fail(&format!(
             "no stockyard binary at {}; build it first with `cargo build --release --bins`, or pass --stockyard PATH",
@@ -494,6 +511,7 @@ fn main() {
             let (ds, ss) = (Side::of(&d), Side::of(&s));
             let lvl = ClosedLevel {
                 concurrency: c,
+                direct_bench_cpu_us_per_req: per_req_us(d.cpu_s, d.ok),
                 added_us: Added::of(&ds.latency_us, &ss.latency_us),
                 process: process(&main_p, reset, &s, overhead_between(&m0, &m1)),
                 direct: ds,
@@ -594,6 +612,7 @@ fn main() {
             let (ds, ss) = (StreamSide::of(&d), StreamSide::of(&s));
             let lvl = StreamLevel {
                 concurrency: c,
+                direct_bench_cpu_us_per_stream: per_req_us(d.cpu_s, d.ok),
                 chunks: plan.chunks,
                 chunk_gap_us: plan.chunk_gap_us,
                 added_ttft_us: Added::of(&ds.ttft_us, &ss.ttft_us),
@@ -673,8 +692,9 @@ fn hop(bench: &Bench, open_circuit: bool) -> Hop {
     let name = if open_circuit { "circuit" } else { "failover" };
     let url = bench.mock.url();
     let ll = plan.log_level.clone();
+    let traces = plan.traces;
     let mut p = Stockyard::spawn(&plan.stockyard, name, &plan.wrap, |port, data| {
-        chain_yaml(&ll, &url, dead, threshold, port, data)
+        chain_yaml(&ll, traces, &url, dead, threshold, port, data)
     })
     .unwrap_or_else(|e| fail(&e));
     let wait = if plan.wrap.is_empty() { 15 } else { 120 };

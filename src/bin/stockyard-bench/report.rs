@@ -95,6 +95,9 @@ pub struct Process {
 #[derive(Debug, Clone, Serialize)]
 pub struct ClosedLevel {
     pub concurrency: usize,
+    /// CPU of the bench process (load generator + mock) per request in the direct runs: what
+    /// both ends of one HTTP exchange cost on this machine, a yardstick for Stockyard's CPU.
+    pub direct_bench_cpu_us_per_req: f64,
     pub direct: Side,
     pub stockyard: Side,
     pub added_us: Added,
@@ -156,6 +159,8 @@ impl StreamSide {
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamLevel {
     pub concurrency: usize,
+    /// CPU of the bench process (load generator + mock) per stream in the direct runs.
+    pub direct_bench_cpu_us_per_stream: f64,
     pub chunks: usize,
     pub chunk_gap_us: u64,
     pub direct: StreamSide,
@@ -327,13 +332,13 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             s,
             "\n## Closed loop, non-streaming (~1 KB JSON reply)\n\n\
-             | conc. | direct req/s | Stockyard req/s | direct latency | Stockyard latency | added | errors (d/S) | Stockyard peak RSS MB | Stockyard CPU | self-reported overhead µs |\n\
-             |---:|---:|---:|---|---|---|---|---:|---|---:|"
+             | conc. | direct req/s | Stockyard req/s | direct latency | Stockyard latency | added | errors (d/S) | Stockyard peak RSS MB | Stockyard CPU | direct: client + mock CPU µs/req | self-reported overhead µs |\n\
+             |---:|---:|---:|---|---|---|---|---:|---|---:|---:|"
         );
         for l in &r.closed_loop {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} |",
                 l.concurrency,
                 f0(l.direct.rps),
                 f0(l.stockyard.rps),
@@ -344,6 +349,7 @@ pub fn markdown(r: &Results) -> String {
                 l.stockyard.errors,
                 mb(l.process.peak_rss_kb),
                 cpu(&l.process),
+                f1(l.direct_bench_cpu_us_per_req),
                 l.process
                     .self_reported_overhead_us
                     .map(f1)
