@@ -123,6 +123,23 @@ impl Stockyard {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// Log lines above INFO level (ANSI colours removed), the last `n`.
+    pub fn log_warnings(&self, n: usize) -> Vec<String> {
+        let text = std::fs::read_to_string(self.dir.join("stockyard.log")).unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .map(strip_ansi)
+            .filter(|l| !l.contains(" INFO ") && !l.trim().is_empty())
+            .collect();
+        lines[lines.len().saturating_sub(n)..].to_vec()
+    }
+
+    pub fn open_fds(&self) -> u64 {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| d.count() as u64)
+            .unwrap_or(0)
+    }
+
     pub fn mem(&self) -> Mem {
         read_mem(self.pid)
     }
@@ -161,7 +178,14 @@ impl Stockyard {
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("STOCKYARD_BENCH_KEEP").is_some() {
+            eprintln!(
+                "[stockyard-bench] kept {} (config, log, trace database)",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -169,6 +193,24 @@ impl Drop for Stockyard {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+fn strip_ansi(l: &str) -> String {
+    let mut out = String::with_capacity(l.len());
+    let mut chars = l.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ ... final byte in @..~
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn read_mem(pid: u32) -> Mem {

@@ -186,6 +186,8 @@ pub struct Stats {
     pub ok: u64,
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Error messages and how often each occurred (at most 20 distinct ones).
+    pub kinds: std::collections::BTreeMap<String, u64>,
     /// Length of the measurement window(s).
     pub window: Duration,
     pub frames: u64,
@@ -204,6 +206,7 @@ impl Default for Stats {
             ok: 0,
             errors: 0,
             first_error: None,
+            kinds: Default::default(),
             window: Duration::ZERO,
             frames: 0,
             events: 0,
@@ -229,6 +232,9 @@ impl Stats {
 
     fn error(&mut self, e: String) {
         self.errors += 1;
+        if self.kinds.len() < 20 || self.kinds.contains_key(&e) {
+            *self.kinds.entry(e.clone()).or_default() += 1;
+        }
         if self.first_error.is_none() {
             self.first_error = Some(e);
         }
@@ -241,6 +247,11 @@ impl Stats {
         self.errors += o.errors;
         if self.first_error.is_none() {
             self.first_error.clone_from(&o.first_error);
+        }
+        for (k, n) in &o.kinds {
+            if self.kinds.len() < 20 || self.kinds.contains_key(k) {
+                *self.kinds.entry(k.clone()).or_default() += n;
+            }
         }
         self.window += o.window;
         self.frames += o.frames;
@@ -323,6 +334,8 @@ pub async fn closed(
                             st.error(e);
                         }
                         conn = None;
+                        // No reconnect storm: a failing server sees ~1000 tries/s per connection.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
             }

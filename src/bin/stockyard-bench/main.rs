@@ -52,13 +52,13 @@ struct Args {
     /// Connections the open-loop generator may use [default 64; quick 8].
     #[arg(long)]
     open_conns: Option<usize>,
-    /// Seconds measured per run [default 3; quick 0.25].
+    /// Seconds measured per run [default 2; quick 0.25].
     #[arg(long)]
     duration: Option<f64>,
-    /// Unmeasured seconds before each run [default 1; quick 0.1].
+    /// Unmeasured seconds before each run [default 0.5; quick 0.1].
     #[arg(long)]
     warmup: Option<f64>,
-    /// Direct/Stockyard alternations per level, merged [default 2; quick 1].
+    /// Direct/Stockyard alternations per level, merged [default 3; quick 1].
     #[arg(long)]
     rounds: Option<usize>,
     /// Size of the mock's JSON reply in bytes.
@@ -79,7 +79,7 @@ struct Args {
     /// Sample RSS every this many requests [default 100000; quick 100].
     #[arg(long)]
     leak_every: Option<u64>,
-    /// Connections for the leak check [default 32; quick 4].
+    /// Connections for the leak check [default 64; quick 4].
     #[arg(long)]
     leak_concurrency: Option<usize>,
     /// Sections to skip: closed, open, streams, hops, leak.
@@ -161,16 +161,16 @@ impl Plan {
             }),
             rates: a.rates,
             open_conns: a.open_conns.unwrap_or(pick(8, 64)),
-            duration_s: a.duration.unwrap_or(if q { 0.25 } else { 3.0 }),
-            warmup_s: a.warmup.unwrap_or(if q { 0.1 } else { 1.0 }),
-            rounds: a.rounds.unwrap_or(pick(1, 2)).max(1),
+            duration_s: a.duration.unwrap_or(if q { 0.25 } else { 2.0 }),
+            warmup_s: a.warmup.unwrap_or(if q { 0.1 } else { 0.5 }),
+            rounds: a.rounds.unwrap_or(pick(1, 3)).max(1),
             reply_bytes: a.reply_bytes,
             chunks: a.chunks.unwrap_or(pick(5, 20)).max(1),
             chunk_gap_us: a.chunk_gap_us,
             hop_samples: a.hop_samples.unwrap_or(pick(100, 20_000)).max(1),
             leak_requests: a.leak_requests.unwrap_or(if q { 300 } else { 1_000_000 }),
             leak_every: a.leak_every.unwrap_or(if q { 100 } else { 100_000 }).max(1),
-            leak_concurrency: a.leak_concurrency.unwrap_or(pick(4, 32)).max(1),
+            leak_concurrency: a.leak_concurrency.unwrap_or(pick(4, 64)).max(1),
             skip: a.skip,
             client_threads: a.client_threads.max(1),
             mock_threads: a.mock_threads.max(1),
@@ -342,6 +342,7 @@ fn process(p: &Stockyard, reset_ok: bool, st: &Stats, overhead: Option<f64>) -> 
     let m = p.mem();
     let secs = st.window.as_secs_f64();
     Process {
+        open_fds: p.open_fds(),
         peak_rss_kb: m.hwm_kb,
         peak_reset: reset_ok,
         rss_kb: m.rss_kb,
@@ -631,6 +632,7 @@ fn main() {
             stream_levels.push(lvl);
         }
     }
+    let stockyard_log_warnings = main_p.log_warnings(30);
     drop(main_p);
 
     let (mut failover, mut open_circuit) = (None, None);
@@ -657,6 +659,7 @@ fn main() {
         targets: Vec::new(),
         total_errors: 0,
         elapsed_s: 0.0,
+        stockyard_log_warnings,
     };
     r.machine.load_avg_at_end = load_avg();
     r.total_errors = total_errors(&r);

@@ -61,6 +61,7 @@ pub struct Side {
     pub rps: f64,
     pub latency_us: Pct,
     pub first_error: Option<String>,
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
 }
 
 impl Side {
@@ -71,6 +72,7 @@ impl Side {
             rps: s.rps(),
             latency_us: Pct::of(&s.latency),
             first_error: s.first_error.clone(),
+            error_kinds: s.kinds.clone(),
         }
     }
 }
@@ -88,6 +90,8 @@ pub struct Process {
     /// CPU as a percentage of one core over the measurement windows.
     pub cpu_pct: f64,
     pub cpu_us_per_req: f64,
+    /// Open file descriptors at the end of the level.
+    pub open_fds: u64,
     /// Mean of Stockyard's own `stockyard_proxy_overhead_seconds` over the level, when scraped.
     pub self_reported_overhead_us: Option<f64>,
 }
@@ -130,6 +134,7 @@ pub struct StreamSide {
     /// previous one (delayed in transit or by a busy reader; the direct path shows the noise floor).
     pub close_events: u64,
     pub first_error: Option<String>,
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
 }
 
 impl StreamSide {
@@ -152,6 +157,7 @@ impl StreamSide {
             shared_frame_events: s.shared,
             close_events: s.close,
             first_error: s.first_error.clone(),
+            error_kinds: s.kinds.clone(),
         }
     }
 }
@@ -256,6 +262,8 @@ pub struct Results {
     pub targets: Vec<Goal>,
     pub total_errors: u64,
     pub elapsed_s: f64,
+    /// Log lines of the main Stockyard process above INFO (last 30), for diagnosing errors.
+    pub stockyard_log_warnings: Vec<String>,
 }
 
 fn f1(x: f64) -> String {
@@ -486,6 +494,56 @@ pub fn markdown(r: &Results) -> String {
             l.traces_written.map(f0).unwrap_or_else(|| "-".into()),
             l.traces_dropped.map(f0).unwrap_or_else(|| "-".into()),
         );
+    }
+    if r.total_errors > 0 {
+        let _ = writeln!(s, "\n## Errors ({} in all)\n", r.total_errors);
+        let mut kinds: Vec<(String, &std::collections::BTreeMap<String, u64>)> = Vec::new();
+        for l in &r.closed_loop {
+            kinds.push((
+                format!("closed c={} direct", l.concurrency),
+                &l.direct.error_kinds,
+            ));
+            kinds.push((
+                format!("closed c={} Stockyard", l.concurrency),
+                &l.stockyard.error_kinds,
+            ));
+        }
+        for l in &r.open_loop {
+            kinds.push((
+                format!("open {:.0} req/s direct", l.rate),
+                &l.direct.error_kinds,
+            ));
+            kinds.push((
+                format!("open {:.0} req/s Stockyard", l.rate),
+                &l.stockyard.error_kinds,
+            ));
+        }
+        for l in &r.streams {
+            kinds.push((
+                format!("streams c={} direct", l.concurrency),
+                &l.direct.error_kinds,
+            ));
+            kinds.push((
+                format!("streams c={} Stockyard", l.concurrency),
+                &l.stockyard.error_kinds,
+            ));
+        }
+        for (run, k) in kinds {
+            for (msg, n) in k {
+                let _ = writeln!(s, "* {run}: {n} × `{msg}`");
+            }
+        }
+        if !r.stockyard_log_warnings.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nStockyard log lines above INFO (last {}):\n\n```",
+                r.stockyard_log_warnings.len()
+            );
+            for l in &r.stockyard_log_warnings {
+                let _ = writeln!(s, "{l}");
+            }
+            let _ = writeln!(s, "```");
+        }
     }
     let _ = writeln!(s, "\n![latency vs load](latency.svg)");
     s
