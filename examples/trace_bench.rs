@@ -218,6 +218,7 @@ impl Gen {
             reason: None,
             http_status: Some(200),
             latency_ms,
+            hedged: false,
         };
         let failed_attempt = |p: (&str, &str), rng: &mut StdRng| {
             let (reason, status) = FAIL_REASONS[rng.gen_range(0..FAIL_REASONS.len())];
@@ -228,6 +229,7 @@ impl Gen {
                 reason: Some(reason.into()),
                 http_status: status,
                 latency_ms: rng.gen_range(20..3000),
+                hedged: false,
             }
         };
         let answered = |r: &mut TraceRecord, p: (&str, &str)| {
@@ -284,6 +286,7 @@ impl Gen {
                     reason: Some("not_local".into()),
                     http_status: None,
                     latency_ms: 0,
+                    hedged: false,
                 },
                 AttemptRecord {
                     provider: primary.0.into(),
@@ -292,6 +295,7 @@ impl Gen {
                     reason: Some("client_closed".into()),
                     http_status: None,
                     latency_ms: latency,
+                    hedged: false,
                 },
             ];
         } else {
@@ -306,6 +310,7 @@ impl Gen {
                     reason: Some("model_unsupported".into()),
                     http_status: None,
                     latency_ms: 0,
+                    hedged: false,
                 },
                 ok_attempt(primary, latency),
             ];

@@ -48,6 +48,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 when a running proxy answers GET /health, else 1 (for container health checks)
+    Health {
+        /// Base URL of the proxy, e.g. http://127.0.0.1:4200 (default: from the config's listen
+        /// address, with 0.0.0.0 / :: meaning this machine)
+        #[arg(long)]
+        url: Option<String>,
+        /// Seconds to wait for the answer
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 /// Loads the config or prints `file:line:col: message` and returns exit code 1.
@@ -272,6 +282,114 @@ pub fn traces(path: Option<&std::path::Path>, limit: u32, failover: bool, json: 
     }
     print!("{}", traces_table(&rows));
     0
+}
+
+/// Why `stockyard health` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("invalid --url `{0}`: {1}")]
+    Url(String, String),
+    #[error("cannot reach {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0} answered `{1}`")]
+    Unhealthy(String, String),
+}
+
+/// `stockyard health`: GET /health on the running proxy; exit 0 when it answers 200 `ok`.
+pub fn health(path: Option<&std::path::Path>, url: Option<&str>, timeout_s: u64) -> i32 {
+    let target = match url {
+        Some(u) => u.to_string(),
+        None => match load_or_report(path) {
+            Ok(cfg) => format!("http://{}", local_addr(cfg.listen)),
+            Err(code) => return code,
+        },
+    };
+    let timeout = std::time::Duration::from_secs(timeout_s.max(1));
+    match check_health(&target, timeout) {
+        Ok(()) => {
+            println!("{target}/health: ok");
+            0
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            1
+        }
+    }
+}
+
+/// The address to reach a server listening on `listen` from this machine.
+pub fn local_addr(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match listen.ip() {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listen.port())
+}
+
+/// A plain HTTP/1.1 GET of `<base>/health` (no TLS: the proxy serves plain HTTP).
+pub fn check_health(base: &str, timeout: std::time::Duration) -> Result<(), HealthError> {
+    use std::io::{Read, Write};
+    let bad = |m: &str| HealthError::Url(base.to_string(), m.to_string());
+    let parsed = url::Url::parse(base).map_err(|e| bad(&e.to_string()))?;
+    if parsed.scheme() != "http" {
+        return Err(bad("only http:// is supported"));
+    }
+    let host = parsed.host_str().ok_or_else(|| bad("no host"))?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let host_port = match parsed.host() {
+        Some(url::Host::Ipv6(a)) => format!("[{a}]:{port}"),
+        _ => format!("{host}:{port}"),
+    };
+    let addrs = std::net::ToSocketAddrs::to_socket_addrs(&host_port)
+        .map_err(|e| HealthError::Connect(host_port.clone(), e))?;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    let mut stream = None;
+    for a in addrs {
+        match std::net::TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let mut stream = stream.ok_or(HealthError::Connect(host_port.clone(), last))?;
+    let io = |e| HealthError::Io(host_port.clone(), e);
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let path = format!("{}/health", parsed.path().trim_end_matches('/'));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\nUser-Agent: stockyard-health\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).map_err(io)?;
+    let mut resp = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut resp).map_err(io)?;
+    let text = String::from_utf8_lossy(&resp);
+    let status_line = text.lines().next().unwrap_or("").trim().to_string();
+    let ok_status = status_line
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|s| s == "200");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let ok_body = serde_json::from_str::<serde_json::Value>(body.trim())
+        .ok()
+        .is_some_and(|v| v["status"] == "ok");
+    if ok_status && ok_body {
+        Ok(())
+    } else {
+        Err(HealthError::Unhealthy(
+            format!("http://{host_port}{path}"),
+            if status_line.is_empty() {
+                "nothing".to_string()
+            } else {
+                status_line
+            },
+        ))
+    }
 }
 
 /// The table `stockyard traces` prints.

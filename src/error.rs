@@ -44,6 +44,12 @@ pub enum ApiError {
         message: String,
         attempts: Vec<AttemptSummary>,
     },
+    /// The prompt does not fit any candidate's context window.
+    #[error("{message}")]
+    ContextTooLong {
+        message: String,
+        attempts: Vec<AttemptSummary>,
+    },
     #[error("{message}")]
     AllProvidersFailed {
         status: StatusCode,
@@ -52,6 +58,11 @@ pub enum ApiError {
         /// Seconds until the earliest circuit admits a probe, when nothing could be tried.
         retry_after: Option<u64>,
     },
+    /// A config reload was refused; the message is `file:line:col: message` as `check` prints it.
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("stockyard is shutting down and stopped this request (shutdown_grace ran out)")]
+    ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -70,6 +81,9 @@ impl ApiError {
             | ApiError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::AllProvidersFailed { status, .. } => *status,
+            ApiError::ContextTooLong { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -80,7 +94,7 @@ impl ApiError {
             ApiError::AllProvidersFailed { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::Internal(_) => true,
+            ApiError::Internal(_) | ApiError::ShuttingDown => true,
             _ => false,
         }
     }
@@ -90,7 +104,7 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::AdminUnauthorized => "authentication_error",
             ApiError::AdminForbidden => "permission_error",
             ApiError::AllProvidersFailed { .. } => "upstream_error",
-            ApiError::Internal(_) => "server_error",
+            ApiError::Internal(_) | ApiError::ShuttingDown => "server_error",
             ApiError::RouteNotFound { .. }
             | ApiError::NotFound(_)
             | ApiError::ModelNotFound { .. } => "not_found_error",
@@ -108,7 +122,10 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => "unknown_route",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::ModelNotFound { .. } => "model_not_found",
+            ApiError::ContextTooLong { .. } => "context_length_exceeded",
             ApiError::AllProvidersFailed { .. } => "all_providers_failed",
+            ApiError::InvalidConfig(_) => "invalid_config",
+            ApiError::ShuttingDown => "shutting_down",
             _ => return None,
         })
     }
@@ -117,6 +134,7 @@ impl ApiError {
         match self {
             ApiError::InvalidField { param, .. } => Some(param),
             ApiError::ModelNotFound { .. } => Some("model"),
+            ApiError::ContextTooLong { .. } => Some("messages"),
             _ => None,
         }
     }
@@ -124,6 +142,7 @@ impl ApiError {
     fn attempts(&self) -> Option<&[AttemptSummary]> {
         match self {
             ApiError::AllProvidersFailed { attempts, .. }
+            | ApiError::ContextTooLong { attempts, .. }
             | ApiError::ModelNotFound { attempts, .. } => Some(attempts),
             _ => None,
         }

@@ -1,52 +1,30 @@
 use clap::Parser;
+use std::sync::Arc;
 use stockyard::cli::{self, Cli, Command};
-use stockyard::config::{Config, LogFormat};
-
-fn init_logging(cfg: &Config) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| cfg.log_level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
+use stockyard::config::{self, Env};
+use stockyard::notify::{self, Notifier};
+use stockyard::reload::ConfigSource;
+use stockyard::server::StartOptions;
 
 fn serve(path: Option<&std::path::Path>) -> i32 {
+    let env = Env::process();
     let cfg = match cli::load_or_report(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(&cfg);
+    stockyard::logging::init(&cfg);
+    // Reloads read the same file (or rebuild the same built-in default) as this start did.
+    let source = ConfigSource {
+        path: config::load::config_path(path, &env),
+        env,
+    };
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %e, "systemd notifications disabled");
+            None
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,28 +35,46 @@ fn serve(path: Option<&std::path::Path>) -> i32 {
             return 1;
         }
     };
-    rt.block_on(async move {
-        let source = cfg.source.clone();
+    let code = rt.block_on(async move {
         let listen = cfg.listen;
+        let config_name = cfg.source.clone();
         let providers: Vec<String> = cfg.providers.iter().map(|p| p.name.clone()).collect();
-        let running = match stockyard::server::start(cfg, None).await {
+        let opts = StartOptions {
+            source: Some(source),
+            notifier: notifier.clone(),
+        };
+        let signals = match stockyard::service::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return 1;
+            }
+        };
+        let running = match stockyard::server::start_with(cfg, None, opts).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("cannot listen on {listen}: {e}");
                 return 1;
             }
         };
-        tracing::info!(addr = %running.addr, config = %source, providers = ?providers, "stockyard listening");
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        match running.shutdown().await {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("server error: {e}");
-                1
+        tracing::info!(addr = %running.addr, config = %config_name, providers = ?providers, "stockyard listening");
+        if let Some(n) = &notifier {
+            n.send(&format!(
+                "READY=1\nSTATUS=Listening on {} ({} providers)",
+                running.addr,
+                providers.len()
+            ));
+            if let Some(every) = notify::watchdog_interval() {
+                tracing::debug!(interval_ms = every.as_millis() as u64, "systemd watchdog on");
+                notify::spawn_watchdog(n.clone(), every);
             }
         }
-    })
+        stockyard::service::run(running, notifier, signals).await
+    });
+    // Everything that matters has finished (or a second signal asked for an immediate exit):
+    // do not wait for stray tasks.
+    rt.shutdown_background();
+    code
 }
 
 fn main() {
@@ -94,6 +90,7 @@ fn main() {
             failover,
             json,
         }) => cli::traces(path, limit, failover, json),
+        Some(Command::Health { url, timeout }) => cli::health(path, url.as_deref(), timeout),
     };
     std::process::exit(code);
 }

@@ -1,34 +1,133 @@
-//! Binding, serving and shutting down.
+//! Binding, serving, reloading and shutting down.
+//!
+//! Shutdown has two stages. [`Running::stop_accepting`] closes the listener and tells every
+//! connection to finish what it is doing and close (in-flight requests and streams go on).
+//! [`Running::drain`] waits for that up to the grace period; when it runs out, the requests still
+//! running are cut: a handler still waiting for its upstream answers 503 `shutting_down`, a stream
+//! gets a final error event, and their traces say the shutdown cut them. [`Running::finish`] then
+//! writes every pending trace.
 
 use crate::config::Config;
+use crate::error::ApiError;
+use crate::notify::Notifier;
 use crate::proxy::{self, state::AppState};
+use crate::reload::{ConfigSource, Reloader};
 use crate::traces::{TraceSink, TraceWriter};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long cut requests get to wind down after the grace period before the server stops
+/// waiting for their connections.
+const CUT_WAIT: Duration = Duration::from_secs(5);
+
+/// Options beyond the config.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    /// Where reloads read the config (default: the file named by `config.source`, with the
+    /// process environment).
+    pub source: Option<ConfigSource>,
+    /// systemd notifications for reloads (`RELOADING=1` / `READY=1`).
+    pub notifier: Option<Arc<Notifier>>,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Every request finished within the grace period.
+    Complete,
+    /// The grace period ran out; this many requests were cut.
+    Cut(usize),
+}
 
 /// A running server (used by `stockyard serve` and by the integration tests).
 pub struct Running {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
+    pub reloader: Arc<Reloader>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
     writer: Option<TraceWriter>,
+    cut: watch::Sender<bool>,
+    active: Arc<AtomicUsize>,
+    sink: TraceSink,
 }
 
 impl Running {
-    /// Stops accepting, waits for in-flight requests to finish, then flushes pending traces.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
+    /// Requests (handlers and response bodies) currently running.
+    pub fn in_flight(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener (new connections are refused) and asks every open connection to close
+    /// once its current request is answered. Requests and streams in flight go on.
+    pub fn stop_accepting(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let res = (&mut self.task)
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    }
+
+    /// Waits up to `grace` for in-flight requests and streams to finish (call
+    /// [`Running::stop_accepting`] first). When the grace period runs out the rest are cut.
+    pub async fn drain(&mut self, grace: Duration) -> std::io::Result<Drain> {
+        if let Ok(joined) = tokio::time::timeout(grace, &mut self.task).await {
+            joined.unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
+            return Ok(Drain::Complete);
+        }
+        let cut = self.in_flight();
+        tracing::warn!(
+            requests = cut,
+            grace_ms = grace.as_millis() as u64,
+            "shutdown_grace ran out; cutting the requests still running"
+        );
+        self.sink.mark_cut_by_shutdown();
+        let _ = self.cut.send(true);
+        match tokio::time::timeout(CUT_WAIT, &mut self.task).await {
+            Ok(joined) => {
+                joined.unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
+            }
+            Err(_) => {
+                tracing::warn!("connections still open after cutting; closing them");
+                self.task.abort();
+            }
+        }
+        Ok(Drain::Cut(cut))
+    }
+
+    /// Writes every pending trace and stops the trace writer.
+    pub async fn finish(mut self) {
         if let Some(w) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
         }
+    }
+
+    /// Stops accepting, waits for in-flight requests to finish (however long they take), then
+    /// flushes pending traces.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.stop_accepting();
+        let res = (&mut self.task)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        self.finish().await;
         res
+    }
+
+    /// [`Running::stop_accepting`], [`Running::drain`] within `grace`, [`Running::finish`].
+    pub async fn shutdown_within(mut self, grace: Duration) -> std::io::Result<Drain> {
+        self.stop_accepting();
+        let drained = self.drain(grace).await;
+        self.finish().await;
+        drained
     }
 
     /// Waits until every trace recorded so far is in the database.
@@ -60,6 +159,15 @@ fn start_traces(config: &Config) -> (TraceSink, Option<TraceWriter>, Option<std:
 
 /// Binds `config.listen` (or `listener` when given) and serves until shut down.
 pub async fn start(config: Config, listener: Option<TcpListener>) -> std::io::Result<Running> {
+    start_with(config, listener, StartOptions::default()).await
+}
+
+/// [`start`] with a reload source and a systemd notifier.
+pub async fn start_with(
+    config: Config,
+    listener: Option<TcpListener>,
+    opts: StartOptions,
+) -> std::io::Result<Running> {
     let listener = match listener {
         Some(l) => l,
         None => TcpListener::bind(config.listen).await?,
@@ -69,9 +177,23 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> std::io::Re
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let source = opts.source.unwrap_or_else(|| ConfigSource::of(&config));
     let (sink, writer, db_path) = start_traces(&config);
-    let state = AppState::new(config, sink, db_path);
-    let app = proxy::router(state.clone());
+    let state = AppState::new(config, sink.clone(), db_path);
+    let rt = state.runtime();
+    crate::health::discover_all(&rt, crate::health::STARTUP_DISCOVERY_LIMIT).await;
+    crate::health::spawn(&rt, true);
+    drop(rt);
+    let reloader = Arc::new(Reloader::new(source, state.clone(), addr, opts.notifier));
+    let (cut, cut_rx) = watch::channel(false);
+    let active = Arc::new(AtomicUsize::new(0));
+    let guard = Guard {
+        cut: cut_rx,
+        active: active.clone(),
+    };
+    let app = proxy::router(state.clone())
+        .layer(axum::Extension(reloader.clone()))
+        .layer(middleware::from_fn_with_state(guard, track_request));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(
@@ -86,8 +208,152 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> std::io::Re
     Ok(Running {
         addr,
         state,
+        reloader,
         shutdown: Some(tx),
         task,
         writer,
+        cut,
+        active,
+        sink,
     })
+}
+
+/// Shared by every request: the "cut now" signal and the in-flight count.
+#[derive(Clone)]
+struct Guard {
+    cut: watch::Receiver<bool>,
+    active: Arc<AtomicUsize>,
+}
+
+/// Counts one request from the start of its handler to the end of its response body.
+struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    fn new(n: &Arc<AtomicUsize>) -> Active {
+        n.fetch_add(1, Ordering::SeqCst);
+        Active(n.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts the request and lets the shutdown cut it once the grace period has run out.
+async fn track_request(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let active = Active::new(&g.active);
+    let mut cut = g.cut.clone();
+    if *cut.borrow() {
+        return ApiError::ShuttingDown.into_response();
+    }
+    let sse_kind = if req.uri().path().ends_with("/messages") {
+        SseKind::Anthropic
+    } else {
+        SseKind::OpenAi
+    };
+    tokio::select! {
+        resp = next.run(req) => {
+            let (parts, body) = resp.into_parts();
+            let sse = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"))
+                .then_some(sse_kind);
+            let body = CutBody {
+                inner: body,
+                cut: g.cut,
+                waiting: None,
+                sse,
+                done: false,
+                _active: active,
+            };
+            Response::from_parts(parts, Body::new(body))
+        }
+        _ = cut.wait_for(|c| *c) => ApiError::ShuttingDown.into_response(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum SseKind {
+    OpenAi,
+    Anthropic,
+}
+
+/// A response body that ends early when the shutdown cuts it: an event stream with a final error
+/// event (so the client can tell it from a complete answer), anything else with an error (the
+/// connection is closed mid-body).
+struct CutBody {
+    inner: Body,
+    cut: watch::Receiver<bool>,
+    /// Created the first time the inner body has nothing ready, then polled with it.
+    waiting: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    sse: Option<SseKind>,
+    done: bool,
+    _active: Active,
+}
+
+impl CutBody {
+    fn cut_frame(&mut self) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.done = true;
+        let message = "stockyard is shutting down: shutdown_grace ran out before the stream ended";
+        match self.sse {
+            Some(SseKind::OpenAi) => {
+                let v = serde_json::json!({"error": {"message": message, "type": "stream_error", "code": "shutting_down"}});
+                Poll::Ready(Some(Ok(http_body::Frame::data(crate::sse::data_event(
+                    &v.to_string(),
+                )))))
+            }
+            Some(SseKind::Anthropic) => {
+                let v = serde_json::json!({"type": "error", "error": {"type": "overloaded_error", "message": message}});
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(format!(
+                    "event: error\ndata: {v}\n\n"
+                ))))))
+            }
+            None => Poll::Ready(Some(Err(axum::Error::new(std::io::Error::other(message))))),
+        }
+    }
+}
+
+impl http_body::Body for CutBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if *this.cut.borrow() {
+            return this.cut_frame();
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let cut = this.waiting.get_or_insert_with(|| {
+                    let mut rx = this.cut.clone();
+                    Box::pin(async move {
+                        let _ = rx.wait_for(|c| *c).await;
+                    })
+                });
+                match cut.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.cut_frame(),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -158,12 +158,16 @@ async fn anthropic_errors_map_onto_failover_classes() {
     let r = p.chat("claude-sonnet-4-5").await;
     assert_eq!(hdr(&r, "x-stockyard-provider"), "openai");
     assert_eq!(p.breaker("anthropic").1, 1);
-    // Prompt too long: context-length skip, no breaker count.
+    // Prompt too long: context-length skip, no breaker count. The next candidate asks for the
+    // same model (same 200k window), so it is skipped too and the client learns why.
     claude.push(Step::json(400, json!({"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 250000 tokens > 200000 maximum"}})));
     let r = p.chat("claude-sonnet-4-5").await;
-    assert_eq!(hdr(&r, "x-stockyard-provider"), "openai");
+    assert_eq!(r.status(), 400);
     let t = p.trace(&hdr(&r, "x-stockyard-trace-id")).await;
     assert_eq!(t["attempts"][0]["reason"], "context_length");
+    assert_eq!(t["attempts"][1]["reason"], "context_too_small");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
     // 401: final, OpenAI-shaped, with the Anthropic type kept.
     claude.push(Step::json(401, json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})));
     let r = p.chat("claude-sonnet-4-5").await;
@@ -171,7 +175,7 @@ async fn anthropic_errors_map_onto_failover_classes() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["message"], "invalid x-api-key");
     assert_eq!(v["error"]["type"], "authentication_error");
-    assert_eq!(openai.hits(), 2);
+    assert_eq!(openai.hits(), 1);
 }
 
 #[tokio::test]

@@ -191,6 +191,7 @@ fn wait_listening(port: u16) {
 #[tokio::test]
 async fn built_in_default_routes_to_local_ollama_and_fails_cleanly_with_nothing_up() {
     let ollama = MockUpstream::start().await;
+    ollama.set_models(&["llama3:latest"]);
     let dir = tempfile::tempdir().unwrap();
     let port = closed_port();
     let server = Server(

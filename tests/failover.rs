@@ -523,6 +523,8 @@ async fn no_failover_header_stops_after_the_first() {
 #[tokio::test]
 async fn aliases_model_map_and_natural_provider_reach_the_right_upstream() {
     let (openai, ollama) = pair().await;
+    // What this Ollama reports at /api/tags (discovery).
+    ollama.set_models(&["llama3:latest", "llama3:8b", "llama3:70b"]);
     let yaml = format!(
         r#"providers:
   - name: ollama

@@ -24,12 +24,20 @@ async fn every_openai_compatible_kind_gets_its_auth_header() {
             mock.url()
         ));
     }
+    // Local kinds (ollama, lmstudio) discover their models from the upstream's list.
+    let names: Vec<String> = kinds.iter().map(|k| format!("model-{}", k.name)).collect();
+    mock.set_models(&names.iter().map(String::as_str).collect::<Vec<_>>());
     let p = Proxy::start(&yaml).await;
     for (i, k) in kinds.iter().enumerate() {
         let r = p.chat(&format!("p-{}/model-{}", k.name, k.name)).await;
         assert_eq!(r.status(), 200, "{}", k.name);
         assert_eq!(hdr(&r, "x-stockyard-provider"), format!("p-{}", k.name));
-        let req = &mock.requests()[i];
+        let posts: Vec<_> = mock
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect();
+        let req = &posts[i];
         assert_eq!(req.path, "/v1/chat/completions", "{}", k.name);
         assert_eq!(req.json()["model"], format!("model-{}", k.name));
         let key = format!("key-{}", k.name);
@@ -49,7 +57,15 @@ async fn every_openai_compatible_kind_gets_its_auth_header() {
     }
     let (s, v) = p.get_json("/v1/models").await;
     assert_eq!(s, 200);
-    assert_eq!(v["data"][0]["id"], "mock-model");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for n in &names {
+        assert!(ids.contains(&n.as_str()), "{n} missing from {ids:?}");
+    }
     assert!(mock.hits_path("/v1/models") >= kinds.len());
 }
 

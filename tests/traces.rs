@@ -293,3 +293,94 @@ async fn an_unusable_database_never_affects_requests_and_drops_are_counted() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// A database created by the first release (schema v1 only, with traces in it) is upgraded in
+/// place when a newer build starts on it: old rows stay readable, new rows use the new columns.
+#[tokio::test]
+async fn a_v1_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stockyard.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+        )
+        .unwrap();
+        conn.execute_batch(include_str!("../migrations/0001_init.sql"))
+            .unwrap();
+        // Recent enough to survive retention pruning at start-up.
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            - 3_600_000;
+        conn.execute_batch(&format!(
+            "INSERT INTO schema_version VALUES (1, 0);
+             INSERT INTO requests (id, created_at, model_requested, provider, model, stream, status,
+                 http_status, attempts, failover, local, latency_ms)
+               VALUES ('tr_00000000001aaaa', {created}, 'old-model', 'a', 'old-model', 0, 'ok', 200, 1, 0, 1, 12);
+             INSERT INTO attempts (request_id, seq, provider, model, outcome, reason, http_status, latency_ms)
+               VALUES ('tr_00000000001aaaa', 0, 'a', 'old-model', 'ok', NULL, 200, 12);"
+        ))
+        .unwrap();
+    }
+    let a = MockUpstream::start().await;
+    let env = stockyard::config::Env::from_pairs([("HOME", "/tmp")]);
+    let cfg = stockyard::config::load::load_str(
+        &format!(
+            "data_dir: \"{}\"\nproviders:\n  - {{name: a, kind: openai-compatible, base_url: \"{}\"}}\n",
+            dir.path().display(),
+            a.url()
+        ),
+        "t.yaml",
+        &env,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = stockyard::server::start(cfg, Some(listener)).await.unwrap();
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://{}/v1/chat/completions", running.addr))
+        .json(&chat_body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let new_id = hdr(&r, "x-stockyard-trace-id");
+    running.flush_traces().await;
+
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            let r = client.get(path).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let base = format!("http://{}", running.addr);
+    let old = get(format!("{base}/api/traces/tr_00000000001aaaa")).await;
+    assert_eq!(old["model_requested"], "old-model");
+    assert_eq!(old["truncated_tokens"], Value::Null);
+    assert_eq!(old["attempts"][0]["hedged"], false);
+    let new = get(format!("{base}/api/traces/{new_id}")).await;
+    assert_eq!(new["status"], "ok");
+    assert_eq!(new["attempts"][0]["hedged"], false);
+    let list = get(format!("{base}/api/traces")).await;
+    assert_eq!(list["traces"].as_array().unwrap().len(), 2);
+    running.shutdown().await.unwrap();
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM schema_version ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let latest = stockyard::traces::db::MIGRATIONS.last().unwrap().0;
+    assert_eq!(versions, (1..=latest).collect::<Vec<_>>());
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}

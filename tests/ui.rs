@@ -308,6 +308,7 @@ const ROW_IDS: &str =
 async fn dashboard_in_headless_chromium_shows_state_and_resets_a_breaker() {
     let started = Instant::now();
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.set_models(&["gpt-4o", "gpt-4o-mini"]);
     a.set_default(Step::status(500));
     let p = Proxy::start(&format!(
         "admin_key: {ADMIN_KEY}\n\

@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use crate::proxy::auth::authorize_admin;
 use crate::proxy::state::{AppState, Runtime};
-use crate::routing::{self, RouteOptions};
+use crate::routing::RouteOptions;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/proxy/breakers/reset", post(reset_all))
         .route("/api/proxy/breakers/{name}/reset", post(reset_one))
         .route("/api/proxy/route", get(route))
+        .route("/api/proxy/reload", post(reload))
         .route("/api/traces", get(traces_list))
         .route("/api/traces/spend", get(traces_spend))
         .route("/api/traces/{id}", get(trace_get))
@@ -102,6 +103,7 @@ async fn providers(State(st): State<Arc<AppState>>) -> Json<Value> {
                 "local": p.cfg.local,
                 "enabled": p.cfg.enabled,
                 "models": p.cfg.models.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                "discovered_models": p.discovered().map(|d| d.to_vec()),
                 "in_flight": p.in_flight.load(Ordering::Relaxed),
                 "circuit": {
                     "state": snap.state.as_str(),
@@ -159,9 +161,19 @@ async fn reset_one(State(st): State<Arc<AppState>>, Path(name): Path<String>) ->
     }
 }
 
+/// `POST /api/proxy/reload`: re-reads and validates the config file; an invalid file is a 422
+/// whose message is the `file:line:col: message` that `stockyard check` prints, and the running
+/// config stays.
+async fn reload(axum::Extension(r): axum::Extension<Arc<crate::reload::Reloader>>) -> Response {
+    match r.reload("api").await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => ApiError::InvalidConfig(e.to_string()).into_response(),
+    }
+}
+
 /// The live chain for a model, with request-time skip reasons (open circuits, full providers).
 pub fn route_json(rt: &Runtime, model: &str, opts: &RouteOptions) -> Value {
-    let route = routing::plan(&rt.config, model, opts);
+    let route = rt.plan(model, opts);
     let now = Instant::now();
     let chain: Vec<Value> = route
         .candidates

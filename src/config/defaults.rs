@@ -82,6 +82,7 @@ pub const STARTER: &str = r#"# Stockyard configuration. Apps point their OpenAI 
 listen: 127.0.0.1:4200            # or `port: 4200`; non-loopback needs api_keys (or allow_unauthenticated)
 data_dir: ~/.stockyard            # traces live in <data_dir>/stockyard.db
 log_level: info
+shutdown_grace: 30s               # on SIGTERM/SIGINT, how long in-flight requests and streams may finish
 
 # Optional proxy keys that clients send as `Authorization: Bearer KEY`.
 api_keys: [${STOCKYARD_API_KEY:-}]

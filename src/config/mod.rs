@@ -48,6 +48,8 @@ pub struct Config {
     pub admin_key: Option<Secret>,
     pub allow_unauthenticated: bool,
     pub max_body_size: usize,
+    /// How long SIGTERM/SIGINT waits for in-flight requests and streams before cutting them.
+    pub shutdown_grace: Duration,
     /// Providers in declaration order; [`Config::chain_order`] says the failover order.
     pub providers: Vec<ProviderConfig>,
     pub aliases_enabled: bool,
@@ -70,6 +72,8 @@ pub struct ProviderConfig {
     pub models: Vec<glob::Pattern>,
     pub model_map: BTreeMap<String, String>,
     pub local: bool,
+    /// Learns its models from the provider itself: local kinds and explicit `local: true`.
+    pub discover: bool,
     pub enabled: bool,
     pub context_window: Option<u64>,
     pub truncate: bool,
@@ -134,6 +138,9 @@ pub struct Failover {
     /// Provider indices in failover order (explicit `failover.providers`, else by priority).
     pub order: Vec<usize>,
     pub hedge_after: Duration,
+    /// `strategy: latency`: a healthy local provider stays first while its latency is within
+    /// this factor of the fastest provider's.
+    pub local_factor: f64,
     pub retry_on: RetryOn,
     pub breaker: BreakerConfig,
 }

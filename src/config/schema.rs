@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub admin_key: Option<String>,
     pub allow_unauthenticated: Option<bool>,
     pub max_body_size: Option<ByteSize>,
+    pub shutdown_grace: Option<Dur>,
     pub providers: Option<RawProviders>,
     pub model_alias: Option<RawModelAlias>,
     pub failover: Option<RawFailover>,
@@ -109,6 +110,7 @@ pub struct RawFailover {
     pub strategy: Option<Strategy>,
     pub providers: Option<Vec<String>>,
     pub hedge_after: Option<Dur>,
+    pub local_factor: Option<f64>,
     pub retry_on: Option<Vec<RetryOnEntry>>,
     pub circuit_breaker: Option<RawBreaker>,
 }
@@ -276,5 +278,116 @@ impl<'de> Deserialize<'de> for RetryOnEntry {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The list of accepted keys, for the docs-vs-schema check
+// ---------------------------------------------------------------------------------------------
+
+/// The field names serde derived for struct `T`: the same table its "unknown field, expected
+/// one of ..." message (and so the "did you mean" hint) is built from. Read by handing `T`'s
+/// `Deserialize` impl a deserializer that only records what `deserialize_struct` is given.
+pub fn struct_fields<T: de::DeserializeOwned>() -> &'static [&'static str] {
+    struct Capture<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Capture<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields captured"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Capture(&mut fields));
+    fields
+}
+
+/// Returns a struct's field names (see [`struct_fields`]).
+pub type FieldsFn = fn() -> &'static [&'static str];
+
+/// Where each struct of the file format sits: the path prefix of its keys, and its fields.
+/// `[]` marks a list entry (`providers[].name`), `<...>` a key the user chooses
+/// (`pricing.<model>.input`). A new field on any of these structs appears in [`known_keys`]
+/// by itself; a new nested struct needs a line here.
+pub const SECTIONS: &[(&str, FieldsFn)] = &[
+    ("", struct_fields::<RawConfig>),
+    ("providers[]", struct_fields::<RawProvider>),
+    ("providers[].timeouts", struct_fields::<RawTimeouts>),
+    ("providers[].health_check", struct_fields::<RawHealthCheck>),
+    ("model_alias", struct_fields::<RawModelAlias>),
+    ("model_alias.aliases.<alias>", struct_fields::<RawAliasLong>),
+    ("failover", struct_fields::<RawFailover>),
+    ("failover.circuit_breaker", struct_fields::<RawBreaker>),
+    ("traces", struct_fields::<RawTraces>),
+    ("cache", struct_fields::<RawCache>),
+    ("pricing.<model>", struct_fields::<RawPrice>),
+];
+
+/// Every key path the config file accepts, e.g. `listen`, `providers[].timeouts.connect`,
+/// `model_alias.aliases.<alias>.local_only`, `pricing.<model>.input`; the keys that hold a
+/// section (`failover`, `providers[].timeouts`) are included. Sorted, no duplicates.
+pub fn known_keys() -> Vec<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    for (prefix, fields) in SECTIONS {
+        for f in fields() {
+            let key = if prefix.is_empty() {
+                f.to_string()
+            } else {
+                format!("{prefix}.{f}")
+            };
+            keys.insert(key);
+        }
+    }
+    // An alias entry is itself a key: a target, a list of targets, or the long form.
+    keys.insert("model_alias.aliases.<alias>".to_string());
+    keys.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_fields_reads_serde_tables() {
+        assert!(struct_fields::<RawConfig>().contains(&"listen"));
+        assert!(struct_fields::<RawProvider>().contains(&"base_url"));
+        assert_eq!(struct_fields::<RawPrice>(), &["input", "output"]);
+    }
+
+    #[test]
+    fn every_section_hangs_off_a_known_key() {
+        // A section's own key must be a field of its parent, so renaming a field cannot leave
+        // a stale line in SECTIONS.
+        let keys = known_keys();
+        for (prefix, fields) in SECTIONS {
+            assert!(!fields().is_empty(), "section `{prefix}` has no fields");
+            if prefix.is_empty() {
+                continue;
+            }
+            let own = prefix.trim_end_matches("[]");
+            let parent = match own.rsplit_once('.') {
+                Some((p, last)) if last.starts_with('<') => p.to_string(),
+                _ => own.to_string(),
+            };
+            assert!(
+                keys.contains(&parent),
+                "section `{prefix}`: no key `{parent}`"
+            );
+        }
+        assert!(keys.contains(&"providers[].timeouts.first_byte".to_string()));
+        assert!(keys.contains(&"pricing.<model>.output".to_string()));
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub const DEFAULT_PORT: u16 = 4200;
 pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 struct Ctx<'a> {
     map: &'a SourceMap,
@@ -57,6 +58,16 @@ pub fn validate(
         (None, Some(p)) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p),
         (None, None) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT),
     };
+    // STOCKYARD_LISTEN replaces the address (the Docker image sets 0.0.0.0:4200 this way, so a
+    // mounted file needs no `listen`); PORT then overrides just the port.
+    let listen_env = env.get("STOCKYARD_LISTEN");
+    if let Some(l) = &listen_env {
+        listen = parse_listen(l.trim()).map_err(|m| ConfigError {
+            file: "environment".into(),
+            pos: None,
+            message: format!("STOCKYARD_LISTEN=`{l}`: {m}"),
+        })?;
+    }
     if let Some(p) = env.get("PORT") {
         let port: u16 = p.trim().parse().map_err(|_| ConfigError {
             file: "environment".into(),
@@ -232,6 +243,14 @@ pub fn validate(
     let max_body_size = usize::try_from(max_body)
         .map_err(|_| cx.at("max_body_size", "max_body_size is too large"))?;
 
+    let local_factor = fo.local_factor.unwrap_or(2.0);
+    if !(1.0..=1000.0).contains(&local_factor) {
+        return Err(cx.at(
+            "failover.local_factor",
+            "failover.local_factor must be between 1 and 1000",
+        ));
+    }
+
     let config = Config {
         source: file.to_string(),
         listen,
@@ -242,6 +261,10 @@ pub fn validate(
         admin_key,
         allow_unauthenticated: raw.allow_unauthenticated.unwrap_or(false),
         max_body_size,
+        shutdown_grace: raw
+            .shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         providers,
         aliases_enabled: ma.enabled.unwrap_or(true),
         aliases,
@@ -250,6 +273,7 @@ pub fn validate(
             strategy: fo.strategy.unwrap_or_default(),
             order,
             hedge_after: fo.hedge_after.map(|d| d.0).unwrap_or(Duration::ZERO),
+            local_factor,
             retry_on,
             breaker,
         },
@@ -267,6 +291,14 @@ pub fn validate(
         pricing: raw.pricing.unwrap_or_default(),
     };
     check_listen_safety(&config).map_err(|m| {
+        if listen_env.is_some() {
+            // The address came from the environment; the fix (api_keys) belongs in the file.
+            return ConfigError {
+                file: file.to_string(),
+                pos: None,
+                message: format!("{m} (the address comes from STOCKYARD_LISTEN)"),
+            };
+        }
         let path = if raw.listen.is_some() {
             "listen"
         } else {
@@ -469,6 +501,7 @@ fn provider(p: RawProvider, path: &str, cx: &Ctx) -> Result<ProviderConfig, Conf
         models,
         model_map: p.model_map.unwrap_or_default(),
         local: p.local.unwrap_or(local_default),
+        discover: info.local || p.local == Some(true),
         enabled: p.enabled.unwrap_or(true),
         context_window: p.context_window,
         truncate: p.truncate.unwrap_or(false),

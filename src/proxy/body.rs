@@ -163,16 +163,22 @@ impl<'a> ChatRequest<'a> {
 
     /// The body to send an OpenAI-compatible upstream, with `model` replaced.
     pub fn upstream_body(&self, model: &str) -> Vec<u8> {
+        self.upstream_body_with(model, None)
+    }
+
+    /// As [`Self::upstream_body`], with `messages` (raw JSON) replaced too when given.
+    pub fn upstream_body_with(&self, model: &str, messages: Option<&str>) -> Vec<u8> {
         let model_json = serde_json::Value::String(model.to_string()).to_string();
+        let mut overrides: Vec<(&str, Option<&str>)> = Vec::with_capacity(3);
+        overrides.push(("model", Some(&model_json)));
+        if let Some(m) = messages {
+            overrides.push(("messages", Some(m)));
+        }
         if self.stream && !self.include_usage {
             // Ask for usage anyway so traces get token counts; the extra chunk is not relayed.
-            self.obj.write_with(&[
-                ("model", Some(&model_json)),
-                ("stream_options", Some(r#"{"include_usage":true}"#)),
-            ])
-        } else {
-            self.obj.write_with(&[("model", Some(&model_json))])
+            overrides.push(("stream_options", Some(r#"{"include_usage":true}"#)));
         }
+        self.obj.write_with(&overrides)
     }
 }
 

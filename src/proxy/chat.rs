@@ -8,7 +8,7 @@ use super::state::{AppState, ProviderRuntime, Runtime};
 use crate::error::{openai_error_body, ApiError};
 use crate::providers::openai::{self, RELAYED_HEADERS};
 use crate::providers::{anthropic, Wire};
-use crate::routing::{self, RouteOptions};
+use crate::routing::RouteOptions;
 use crate::traces::{new_trace_id, PendingTrace, TraceRecord, TraceStatus};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -66,25 +66,14 @@ pub fn candidates(
                 Some((prefix, m)) if prefix == p.name() => m,
                 _ => model,
             };
-            return (
-                vec![Cand {
-                    provider: p.clone(),
-                    model: model.to_string(),
-                    skip: None,
-                }],
-                false,
-            );
+            return (vec![Cand::new(p.clone(), model.to_string(), None)], false);
         }
     }
-    let route = routing::plan(&rt.config, model, opts);
+    let route = rt.plan(model, opts);
     let cands = route
         .candidates
         .iter()
-        .map(|c| Cand {
-            provider: rt.providers[c.provider].clone(),
-            model: c.model.clone(),
-            skip: c.skip,
-        })
+        .map(|c| Cand::new(rt.providers[c.provider].clone(), c.model.clone(), c.skip))
         .collect();
     (cands, route.local_only)
 }
@@ -120,28 +109,47 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// A fresh request's metadata, with a new trace id.
+    pub fn new() -> Meta {
+        Meta {
+            trace_id: new_trace_id(),
+            provider: None,
+            model: None,
+            tries: 0,
+            failover: false,
+        }
+    }
+
+    /// The client response for a handler's result, with the `x-stockyard-*` headers set.
+    pub fn finish(&self, result: Result<Response, ApiError>) -> Response {
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(trace_id = %self.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
+                e.into_response()
+            }
+        };
+        self.apply(resp.headers_mut());
+        resp
+    }
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta::new()
+    }
+}
+
 pub async fn chat_completions(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let rt = st.runtime();
-    let mut meta = Meta {
-        trace_id: new_trace_id(),
-        provider: None,
-        model: None,
-        tries: 0,
-        failover: false,
-    };
-    let mut resp = match handle_chat(&st, &rt, &headers, body, &mut meta).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(trace_id = %meta.trace_id, status = e.status().as_u16(), error = %e, "request rejected");
-            e.into_response()
-        }
-    };
-    meta.apply(resp.headers_mut());
-    resp
+    let mut meta = Meta::new();
+    let result = handle_chat(&st, &rt, &headers, body, &mut meta).await;
+    meta.finish(result)
 }
 
 async fn handle_chat(
@@ -166,7 +174,8 @@ async fn handle_chat(
         local_only: header_true(headers, "x-stockyard-local-only"),
         no_failover: header_true(headers, "x-stockyard-no-failover"),
     };
-    let (cands, local_only) = candidates(rt, &auth, &req.model, &opts);
+    let (mut cands, local_only) = candidates(rt, &auth, &req.model, &opts);
+    super::fit::fit(&bytes, &mut cands);
     let key = match &auth {
         ClientAuth::Byok { key, .. } => Some(key.as_str()),
         _ => None,
@@ -178,18 +187,30 @@ async fn handle_chat(
         key,
         retry_on: &rt.config.failover.retry_on,
         local_only,
+        hedge_after: rt.config.failover.hedge_after,
         requested_model: &req.model,
     };
     // The request as a JSON tree, parsed only if a candidate needs translation.
     let tree: std::sync::OnceLock<Result<serde_json::Value, String>> = std::sync::OnceLock::new();
     let body_for = |c: &Cand| -> Result<Vec<u8>, AttemptError> {
         match c.provider.cfg.kind.info().wire {
-            Wire::OpenAi => Ok(req.upstream_body(&c.model)),
+            Wire::OpenAi => Ok(req.upstream_body_with(&c.model, c.messages.as_deref())),
             Wire::Anthropic => {
                 let v = tree
                     .get_or_init(|| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
                     .as_ref()
                     .map_err(|e| AttemptError::Translate(e.clone()))?;
+                let truncated;
+                let v = match c.messages.as_deref() {
+                    Some(m) => {
+                        let mut t = v.clone();
+                        t["messages"] = serde_json::from_str(m)
+                            .map_err(|e| AttemptError::Translate(e.to_string()))?;
+                        truncated = t;
+                        &truncated
+                    }
+                    None => v,
+                };
                 let out = anthropic::request_to_anthropic(v, &c.model, req.stream)
                     .map_err(|e| AttemptError::Translate(e.to_string()))?;
                 serde_json::to_vec(&out).map_err(|e| AttemptError::Translate(e.to_string()))
@@ -217,6 +238,16 @@ async fn handle_chat(
         )
         .await
     };
+    if let RunOutcome::Ok {
+        provider, model, ..
+    } = &run.outcome
+    {
+        let dropped = cands
+            .iter()
+            .find(|c| Arc::ptr_eq(&c.provider, provider) && c.model == *model)
+            .and_then(|c| c.truncated_tokens);
+        trace.update(|r| r.truncated_tokens = dropped);
+    }
     Ok(respond(run, meta, trace, &rt.config.pricing))
 }
 
@@ -238,7 +269,9 @@ pub fn respond(
         r.failover = run.failover;
         r.ttft_ms = ttft_ms;
     });
-    let (resp, status, provider_name) = match run.outcome {
+    crate::logging::failovers(&meta.trace_id, trace.model_requested(), &trace.attempts);
+    // The request's own log line is written when its trace completes (a stream's at its end).
+    match run.outcome {
         RunOutcome::Ok {
             success,
             provider,
@@ -274,7 +307,7 @@ pub fn respond(
             let mut resp = Response::new(body);
             *resp.status_mut() = status;
             *resp.headers_mut() = headers;
-            (resp, status.as_u16(), Some(provider.name().to_string()))
+            resp
         }
         RunOutcome::Final {
             error,
@@ -293,7 +326,7 @@ pub fn respond(
                 r.error = Some(error.to_string());
             });
             trace.finish(TraceStatus::Error);
-            (resp, status, Some(provider.name().to_string()))
+            resp
         }
         RunOutcome::Exhausted(e) => {
             let status = e.status().as_u16();
@@ -302,19 +335,9 @@ pub fn respond(
                 r.error = Some(e.to_string());
             });
             trace.finish(TraceStatus::Error);
-            (e.into_response(), status, None)
+            e.into_response()
         }
-    };
-    tracing::info!(
-        trace_id = %meta.trace_id,
-        provider = provider_name.as_deref().unwrap_or("-"),
-        model = meta.model.as_deref().unwrap_or("-"),
-        tries = run.tries,
-        failover = run.failover,
-        status,
-        "request"
-    );
-    resp
+    }
 }
 
 fn set_usage(
@@ -528,6 +551,16 @@ pub async fn finish_chat_json(
     resp: reqwest::Response,
     ctx: AttemptCtx,
 ) -> Result<Success, AttemptError> {
+    finish_json_with(resp, ctx, validate_chat_json).await
+}
+
+/// Reads a 2xx JSON answer: small bodies are checked whole by `validate` (which also reads the
+/// usage) and relayed byte for byte; bodies over [`VALIDATE_LIMIT`] are streamed through.
+pub async fn finish_json_with(
+    resp: reqwest::Response,
+    ctx: AttemptCtx,
+    validate: fn(u16, &[u8]) -> Result<Option<Usage>, AttemptError>,
+) -> Result<Success, AttemptError> {
     let (p, deadline) = (ctx.provider, ctx.deadline);
     let status = resp.status();
     let headers = relay_headers(resp.headers(), "application/json");
@@ -561,7 +594,7 @@ pub async fn finish_chat_json(
             }
             Ok(None) => {
                 let body = buf.freeze();
-                let usage = validate_chat_json(status.as_u16(), &body)?;
+                let usage = validate(status.as_u16(), &body)?;
                 return Ok(Success {
                     status,
                     headers,

@@ -15,7 +15,7 @@ use crate::providers::anthropic::{self, OpenAiToAnthropicStream};
 use crate::providers::{openai, Wire};
 use crate::routing::RouteOptions;
 use crate::sse::{self, SseDecoder};
-use crate::traces::{new_trace_id, PendingTrace, TraceRecord};
+use crate::traces::{PendingTrace, TraceRecord};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -26,13 +26,7 @@ use std::sync::Arc;
 
 pub async fn messages(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let rt = st.runtime();
-    let mut meta = Meta {
-        trace_id: new_trace_id(),
-        provider: None,
-        model: None,
-        tries: 0,
-        failover: false,
-    };
+    let mut meta = Meta::new();
     let resp = match handle(&st, &rt, &headers, body, &mut meta).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -103,6 +97,7 @@ async fn handle(
         key,
         retry_on: &rt.config.failover.retry_on,
         local_only,
+        hedge_after: rt.config.failover.hedge_after,
         requested_model: &model,
     };
     let body_for = |c: &Cand| -> Result<Vec<u8>, AttemptError> {

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod body;
 pub mod chat;
 pub mod classify;
+pub mod embeddings;
+pub mod fit;
 pub mod messages;
 pub mod state;
 pub mod stream;
@@ -23,6 +25,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::list_models))
         .route("/v1/messages", post(messages::messages))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))

@@ -31,9 +31,13 @@ impl Stats {
 pub struct ProviderRuntime {
     pub cfg: ProviderConfig,
     pub client: reqwest::Client,
-    pub breaker: Mutex<Breaker>,
-    pub in_flight: AtomicUsize,
-    pub stats: Stats,
+    /// Breaker, in-flight count and stats are shared with the runtime a reload replaces, so
+    /// requests still finishing on the old config keep counting against the same provider.
+    pub breaker: Arc<Mutex<Breaker>>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub stats: Arc<Stats>,
+    /// Models the provider reported serving (discovery), when known.
+    discovered: RwLock<Option<Arc<Vec<String>>>>,
     /// The auth header for the configured key, built once (marked sensitive).
     auth: Option<(HeaderName, HeaderValue)>,
 }
@@ -76,10 +80,27 @@ impl ProviderRuntime {
         ProviderRuntime {
             cfg,
             client,
-            breaker: Mutex::new(breaker),
-            in_flight: AtomicUsize::new(0),
-            stats: Stats::default(),
+            breaker: Arc::new(Mutex::new(breaker)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            stats: Arc::new(Stats::default()),
+            discovered: RwLock::new(None),
             auth,
+        }
+    }
+
+    /// The models this provider reported serving, if it was asked and answered.
+    pub fn discovered(&self) -> Option<Arc<Vec<String>>> {
+        self.discovered
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_discovered(&self, models: Vec<String>) {
+        let mut g = self.discovered.write().unwrap_or_else(|e| e.into_inner());
+        if g.as_deref() != Some(&models) {
+            tracing::info!(provider = %self.cfg.name, models = models.len(), "discovered models");
+            *g = Some(Arc::new(models));
         }
     }
 
@@ -190,11 +211,13 @@ pub struct Runtime {
     /// Where a bring-your-own key of each kind goes: the first configured provider of that kind,
     /// else a provider with the kind's default base URL.
     pub byok: HashMap<Kind, Arc<ProviderRuntime>>,
+    /// Some provider learns its models by discovery.
+    discovery: bool,
 }
 
 impl Runtime {
-    /// Builds the runtime; providers whose name exists in `previous` keep their breaker state
-    /// and counters (hot reload).
+    /// Builds the runtime; providers whose name exists in `previous` share its breaker, in-flight
+    /// count and stats (hot reload), and its HTTP client when the connect timeout is unchanged.
     pub fn new(config: Config, previous: Option<&Runtime>) -> Runtime {
         let breaker_cfg = config.failover.breaker;
         let providers: Vec<Arc<ProviderRuntime>> = config
@@ -202,19 +225,18 @@ impl Runtime {
             .iter()
             .map(|pc| {
                 let old = previous.and_then(|r| r.providers.iter().find(|p| p.cfg.name == pc.name));
-                let mut breaker = old
-                    .map(|o| o.with_breaker(|b| b.clone()))
-                    .unwrap_or_else(|| Breaker::new(breaker_cfg));
-                breaker.set_config(breaker_cfg);
-                let rt = ProviderRuntime::new(pc.clone(), breaker);
+                let mut rt = ProviderRuntime::new(pc.clone(), Breaker::new(breaker_cfg));
                 if let Some(o) = old {
-                    for (dst, src) in [
-                        (&rt.stats.requests, &o.stats.requests),
-                        (&rt.stats.errors, &o.stats.errors),
-                        (&rt.stats.ewma_us, &o.stats.ewma_us),
-                    ] {
-                        dst.store(src.load(Ordering::Relaxed), Ordering::Relaxed);
+                    if o.cfg.base_url == pc.base_url {
+                        rt.discovered = RwLock::new(o.discovered());
                     }
+                    rt.breaker = o.breaker.clone();
+                    rt.in_flight = o.in_flight.clone();
+                    rt.stats = o.stats.clone();
+                    if o.cfg.timeouts.connect == pc.timeouts.connect {
+                        rt.client = o.client.clone();
+                    }
+                    rt.with_breaker(|b| b.set_config(breaker_cfg));
                 }
                 Arc::new(rt)
             })
@@ -232,10 +254,51 @@ impl Runtime {
                 byok.insert(info.kind, p);
             }
         }
+        let discovery = providers.iter().any(|p| crate::health::discovers(p));
         Runtime {
             config: Arc::new(config),
             providers,
             byok,
+            discovery,
+        }
+    }
+
+    /// The chain for a model now: the routing plan with discovered models, ordered by the
+    /// configured strategy.
+    pub fn plan(&self, model: &str, opts: &crate::routing::RouteOptions) -> crate::routing::Route {
+        let mut route = crate::routing::plan_live(&self.config, &self.live(), model, opts);
+        if self.config.failover.strategy == crate::config::Strategy::Latency {
+            let now = std::time::Instant::now();
+            let health: Vec<crate::routing::Health> = self
+                .providers
+                .iter()
+                .map(|p| {
+                    let snap = p.with_breaker(|b| b.snapshot());
+                    crate::routing::Health {
+                        ewma_us: p.stats.ewma_us.load(Ordering::Relaxed),
+                        failures: snap.failures,
+                        open: snap.state == crate::breaker::State::Open
+                            && snap.retry_at.is_some_and(|t| t > now),
+                    }
+                })
+                .collect();
+            crate::routing::order_by_latency(
+                &mut route,
+                &self.config,
+                &health,
+                self.config.failover.local_factor,
+            );
+        }
+        route
+    }
+
+    /// What routing needs to know from the live providers.
+    pub fn live(&self) -> crate::routing::Live {
+        if !self.discovery {
+            return crate::routing::Live::default();
+        }
+        crate::routing::Live {
+            discovered: self.providers.iter().map(|p| p.discovered()).collect(),
         }
     }
 }
@@ -251,6 +314,7 @@ fn default_provider(kind: Kind, config: &Config) -> ProviderConfig {
         models: vec![],
         model_map: Default::default(),
         local: false,
+        discover: false,
         enabled: true,
         context_window: None,
         truncate: false,
@@ -288,8 +352,9 @@ impl AppState {
         traces: crate::traces::TraceSink,
         db_path: Option<std::path::PathBuf>,
     ) -> Arc<AppState> {
+        let rt = Arc::new(Runtime::new(config, None));
         Arc::new(AppState {
-            runtime: RwLock::new(Arc::new(Runtime::new(config, None))),
+            runtime: RwLock::new(rt),
             started: Instant::now(),
             traces,
             db_path,
@@ -306,7 +371,8 @@ impl AppState {
     /// Swaps in a new config, keeping breaker state of providers that still exist.
     pub fn replace_config(&self, config: Config) {
         let mut g = self.runtime.write().unwrap_or_else(|e| e.into_inner());
-        let next = Runtime::new(config, Some(&g));
-        *g = Arc::new(next);
+        let next = Arc::new(Runtime::new(config, Some(&g)));
+        crate::health::spawn(&next, false);
+        *g = next;
     }
 }

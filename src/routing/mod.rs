@@ -2,9 +2,12 @@
 //! providers, the natural provider of a model, and the rest of the failover chain. Request-time
 //! admission (breakers, concurrency) happens in the proxy; this module only plans.
 
+pub mod context;
+
 use crate::config::{Config, Target};
 use crate::providers::Kind;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// Why a candidate was not tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,6 +57,9 @@ pub struct Route {
     pub alias: Option<String>,
     pub local_only: bool,
     pub candidates: Vec<Candidate>,
+    /// How many leading candidates are explicit `provider/model` pins (kept first by every
+    /// strategy).
+    pub pinned: usize,
 }
 
 impl Route {
@@ -63,8 +69,49 @@ impl Route {
     }
 }
 
-/// Plans the provider chain for a requested model.
+/// What routing knows beyond the config: the models local providers reported (discovery),
+/// indexed like `Config::providers` (missing or `None`: not known, the config's `models` apply).
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub discovered: Vec<Option<Arc<Vec<String>>>>,
+}
+
+impl Live {
+    fn discovered(&self, p: usize) -> Option<&[String]> {
+        self.discovered.get(p)?.as_deref().map(Vec::as_slice)
+    }
+
+    /// Whether provider `p` serves `model`: its discovered list when known, else its globs.
+    pub fn serves(&self, cfg: &Config, p: usize, model: &str) -> bool {
+        match self.discovered(p) {
+            Some(list) => model_in(list, model),
+            None => cfg.providers[p].serves(model),
+        }
+    }
+
+    /// Whether provider `p` names `model` explicitly (globs or discovered list).
+    fn lists(&self, cfg: &Config, p: usize, model: &str) -> bool {
+        cfg.providers[p].lists(model) || self.discovered(p).is_some_and(|l| model_in(l, model))
+    }
+}
+
+/// Whether a discovered model list holds `model`; as in Ollama, a name without a tag means
+/// `:latest`.
+pub fn model_in(list: &[String], model: &str) -> bool {
+    list.iter().any(|m| {
+        m == model
+            || m.strip_suffix(":latest") == Some(model)
+            || model.strip_suffix(":latest") == Some(m.as_str())
+    })
+}
+
+/// Plans the provider chain for a requested model from the config alone.
 pub fn plan(cfg: &Config, model: &str, opts: &RouteOptions) -> Route {
+    plan_live(cfg, &Live::default(), model, opts)
+}
+
+/// Plans the provider chain for a requested model, with what the proxy learned at run time.
+pub fn plan_live(cfg: &Config, live: &Live, model: &str, opts: &RouteOptions) -> Route {
     let mut local_only = opts.local_only;
     let (alias, targets): (Option<String>, Vec<Target>) =
         match cfg.aliases.get(model).filter(|_| cfg.aliases_enabled) {
@@ -84,22 +131,36 @@ pub fn plan(cfg: &Config, model: &str, opts: &RouteOptions) -> Route {
             chain.push(c);
         }
     };
+    let mut pinned = 0;
+    let mut pins_only = true;
     for t in &targets {
-        let provider = t.provider.or_else(|| natural_provider(cfg, &t.model));
+        pins_only &= t.provider.is_some();
+        let provider = t
+            .provider
+            .or_else(|| natural_provider_live(cfg, live, &t.model));
         if let Some(p) = provider {
             let model = if t.provider.is_some() {
                 t.model.clone()
             } else {
                 cfg.providers[p].map_model(&t.model).to_string()
             };
+            // A discovered list is the provider's own word: a model it lacks is not tried.
+            let skip = live
+                .discovered(p)
+                .filter(|l| !model_in(l, &model))
+                .map(|_| SkipReason::ModelUnsupported);
+            let before = chain.len();
             push(
                 &mut chain,
                 Candidate {
                     provider: p,
                     model,
-                    skip: None,
+                    skip,
                 },
             );
+            if pins_only && chain.len() > before {
+                pinned = chain.len();
+            }
         }
     }
 
@@ -117,7 +178,7 @@ pub fn plan(cfg: &Config, model: &str, opts: &RouteOptions) -> Route {
                 .or_else(|| alias.as_ref().and_then(|a| pc.model_map.get(a)))
                 .map(String::as_str)
                 .unwrap_or(base);
-            let skip = (!pc.serves(mapped)).then_some(SkipReason::ModelUnsupported);
+            let skip = (!live.serves(cfg, p, mapped)).then_some(SkipReason::ModelUnsupported);
             push(
                 &mut chain,
                 Candidate {
@@ -135,7 +196,7 @@ pub fn plan(cfg: &Config, model: &str, opts: &RouteOptions) -> Route {
         if let Some(&p) = cfg.failover.order.first() {
             let pc = &cfg.providers[p];
             let m = pc.map_model(base).to_string();
-            let skip = (!pc.serves(&m)).then_some(SkipReason::ModelUnsupported);
+            let skip = (!live.serves(cfg, p, &m)).then_some(SkipReason::ModelUnsupported);
             chain.push(Candidate {
                 provider: p,
                 model: m,
@@ -150,11 +211,55 @@ pub fn plan(cfg: &Config, model: &str, opts: &RouteOptions) -> Route {
             }
         }
     }
+    pinned = pinned.min(chain.len());
     Route {
         requested: model.to_string(),
         alias,
         local_only,
         candidates: chain,
+        pinned,
+    }
+}
+
+/// What `strategy: latency` knows of a provider now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Health {
+    /// EWMA of time to first byte in microseconds (0: no sample yet).
+    pub ewma_us: u64,
+    /// Consecutive retryable failures (the breaker's count).
+    pub failures: u32,
+    /// The circuit is open (the candidate will be skipped).
+    pub open: bool,
+}
+
+/// `strategy: latency`: orders the non-pinned candidates by time to first byte, penalising
+/// recent failures (each consecutive failure doubles the score; open circuits go last); a
+/// provider with no sample yet scores 0 so it gets measured. A healthy local provider (circuit
+/// closed, no recent failure) still goes first while its score is within `local_factor` of
+/// the fastest.
+pub fn order_by_latency(route: &mut Route, cfg: &Config, health: &[Health], local_factor: f64) {
+    let score = |c: &Candidate| -> f64 {
+        let h = health.get(c.provider).copied().unwrap_or_default();
+        if c.skip.is_some() || h.open {
+            return f64::INFINITY;
+        }
+        h.ewma_us as f64 * f64::from(1u32 << h.failures.min(16))
+    };
+    let rest = &mut route.candidates[route.pinned..];
+    rest.sort_by(|a, b| score(a).total_cmp(&score(b)));
+    let Some(best) = rest.first().map(score).filter(|s| s.is_finite()) else {
+        return;
+    };
+    let local = rest.iter().position(|c| {
+        let h = health.get(c.provider).copied().unwrap_or_default();
+        cfg.providers[c.provider].local
+            && c.skip.is_none()
+            && !h.open
+            && h.failures == 0
+            && score(c) <= best.max(1.0) * local_factor
+    });
+    if let Some(i) = local {
+        rest[..=i].rotate_right(1);
     }
 }
 
@@ -188,8 +293,11 @@ fn preference(cfg: &Config) -> impl Iterator<Item = usize> + '_ {
 /// The provider that owns a model: a local provider that lists it, else the first provider of
 /// the kind its name belongs to.
 pub fn natural_provider(cfg: &Config, model: &str) -> Option<usize> {
-    if let Some(p) =
-        preference(cfg).find(|&p| cfg.providers[p].local && cfg.providers[p].lists(model))
+    natural_provider_live(cfg, &Live::default(), model)
+}
+
+fn natural_provider_live(cfg: &Config, live: &Live, model: &str) -> Option<usize> {
+    if let Some(p) = preference(cfg).find(|&p| cfg.providers[p].local && live.lists(cfg, p, model))
     {
         return Some(p);
     }
@@ -396,5 +504,56 @@ model_alias:
         assert_eq!(names(&c, &r), ["openai:gpt-4o-mini", "local:gpt-4o-mini"]);
         let r = plan(&c, "mistral-7b", &RouteOptions::default());
         assert_eq!(names(&c, &r), ["local:mistral-7b", "openai:mistral-7b"]);
+    }
+
+    #[test]
+    fn latency_orders_unpinned_candidates_and_keeps_a_near_local_first() {
+        let c = cfg(r#"
+providers:
+  - {name: local, kind: openai-compatible, base_url: "http://127.0.0.1:9/v1", priority: 1}
+  - {name: a, kind: openai-compatible, base_url: "https://a.example/v1", priority: 2}
+  - {name: b, kind: openai-compatible, base_url: "https://b.example/v1", priority: 3}
+model_alias:
+  aliases:
+    pinned: b/m
+"#);
+        let h = |ewma_us, failures, open| Health {
+            ewma_us,
+            failures,
+            open,
+        };
+        let order = |model: &str, health: &[Health], factor: f64| {
+            let mut r = plan(&c, model, &RouteOptions::default());
+            order_by_latency(&mut r, &c, health, factor);
+            names(&c, &r)
+        };
+        // b fastest; local 3x slower than b: beyond factor 2, within factor 4.
+        let hs = [
+            h(30_000, 0, false),
+            h(50_000, 0, false),
+            h(10_000, 0, false),
+        ];
+        assert_eq!(order("m", &hs, 2.0), ["b:m", "local:m", "a:m"]);
+        assert_eq!(order("m", &hs, 4.0), ["local:m", "b:m", "a:m"]);
+        // A local provider with a recent failure loses its place (even within the factor),
+        // and each failure doubles a score.
+        let hs = [
+            h(12_000, 1, false),
+            h(50_000, 0, false),
+            h(10_000, 0, false),
+        ];
+        assert_eq!(order("m", &hs, 4.0), ["b:m", "local:m", "a:m"]);
+        let hs = [
+            h(12_000, 0, false),
+            h(50_000, 0, false),
+            h(10_000, 2, false),
+        ];
+        assert_eq!(order("m", &hs, 1.0), ["local:m", "b:m", "a:m"]);
+        // Open circuits go last; unmeasured providers first (so they get measured).
+        let hs = [h(0, 0, false), h(5_000, 0, true), h(10_000, 0, false)];
+        assert_eq!(order("m", &hs, 1.0), ["local:m", "b:m", "a:m"]);
+        // A pinned alias target stays first whatever its latency.
+        let hs = [h(1_000, 0, false), h(2_000, 0, false), h(90_000, 0, false)];
+        assert_eq!(order("pinned", &hs, 1.0)[0], "b:m");
     }
 }

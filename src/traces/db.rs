@@ -5,7 +5,13 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// Every migration, in order. Version N is the file `migrations/000N_*.sql`.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/0002_truncation_hedging.sql"),
+    ),
+];
 
 /// Opens (creating if needed) the database with WAL and `synchronous=NORMAL`, and migrates it.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -51,6 +57,15 @@ pub fn version(conn: &Connection) -> rusqlite::Result<i64> {
 /// Applies every migration newer than the database, each in its own transaction.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<i64> {
     let mut current = version(conn)?;
+    if let Some((latest, _)) = MIGRATIONS.last() {
+        if current > *latest {
+            tracing::warn!(
+                database = current,
+                build = latest,
+                "the trace database was written by a newer Stockyard; continuing with its schema"
+            );
+        }
+    }
     for (v, sql) in MIGRATIONS {
         if *v <= current {
             continue;

@@ -10,7 +10,7 @@ pub mod query;
 use crate::proxy::attempt::AttemptRecord;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -65,6 +65,8 @@ pub struct TraceRecord {
     pub tokens_out: Option<u64>,
     pub cost_usd: Option<f64>,
     pub error: Option<String>,
+    /// Estimated prompt tokens dropped to fit the answering provider's context window.
+    pub truncated_tokens: Option<u64>,
     pub request_body: Option<String>,
     pub response_body: Option<String>,
     pub attempts: Vec<AttemptRecord>,
@@ -93,6 +95,7 @@ impl TraceRecord {
             tokens_out: None,
             cost_usd: None,
             error: None,
+            truncated_tokens: None,
             request_body: None,
             response_body: None,
             attempts: Vec::new(),
@@ -149,6 +152,9 @@ pub struct TraceSink {
     pub store_bodies: bool,
     /// Every finished request is also counted here.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set when shutdown cuts the requests still running after `shutdown_grace`: their traces
+    /// say so instead of blaming the client.
+    cut_by_shutdown: Arc<AtomicBool>,
 }
 
 impl TraceSink {
@@ -160,6 +166,7 @@ impl TraceSink {
             stats: Arc::new(TraceStats::default()),
             store_bodies: false,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            cut_by_shutdown: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -171,7 +178,13 @@ impl TraceSink {
         }
     }
 
+    /// From now on, requests that end without finishing were cut by shutdown.
+    pub fn mark_cut_by_shutdown(&self) {
+        self.cut_by_shutdown.store(true, Ordering::SeqCst);
+    }
+
     pub fn send(&self, rec: TraceRecord) {
+        crate::logging::request_finished(&rec);
         self.metrics.record(&rec);
         let Some(tx) = &self.tx else {
             if self.enabled {
@@ -214,6 +227,7 @@ impl TraceWriter {
                 stats,
                 store_bodies,
                 metrics: Arc::new(crate::metrics::Metrics::new()),
+                cut_by_shutdown: Arc::new(AtomicBool::new(false)),
             },
             path,
             handle: Some(handle),
@@ -378,12 +392,12 @@ pub fn insert_batch(
     let tx = conn.transaction()?;
     {
         let mut req = tx.prepare_cached(
-            "INSERT OR REPLACE INTO requests (id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, request_body, response_body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            "INSERT OR REPLACE INTO requests (id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, request_body, response_body, truncated_tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?;
         let mut att = tx.prepare_cached(
-            "INSERT OR REPLACE INTO attempts (request_id, seq, provider, model, outcome, reason, http_status, latency_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR REPLACE INTO attempts (request_id, seq, provider, model, outcome, reason, http_status, latency_ms, hedged)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         for r in batch {
             req.execute(rusqlite::params![
@@ -406,6 +420,7 @@ pub fn insert_batch(
                 r.error,
                 r.request_body,
                 r.response_body,
+                r.truncated_tokens.map(|v| v as i64),
             ])?;
             for (seq, a) in r.attempts.iter().enumerate() {
                 att.execute(rusqlite::params![
@@ -417,6 +432,7 @@ pub fn insert_batch(
                     a.reason,
                     a.http_status,
                     a.latency_ms as i64,
+                    a.hedged,
                 ])?;
             }
         }
@@ -448,6 +464,14 @@ impl PendingTrace {
         self.rec.as_ref().map(|r| r.id.as_str()).unwrap_or("")
     }
 
+    /// The model the client asked for.
+    pub fn model_requested(&self) -> &str {
+        self.rec
+            .as_ref()
+            .map(|r| r.model_requested.as_str())
+            .unwrap_or("")
+    }
+
     pub fn store_bodies(&self) -> bool {
         self.sink.store_bodies
     }
@@ -470,9 +494,17 @@ impl PendingTrace {
 
     fn send(&mut self, status: TraceStatus) {
         if let Some(mut rec) = self.rec.take() {
+            let cut = status == TraceStatus::ClientClosed
+                && self.sink.cut_by_shutdown.load(Ordering::SeqCst);
+            let status = if cut { TraceStatus::Error } else { status };
             rec.status = status;
             rec.latency_ms = self.started.elapsed().as_millis() as u64;
-            if status == TraceStatus::ClientClosed && rec.error.is_none() {
+            if cut {
+                rec.error = Some(
+                    "stockyard shut down before the request finished (shutdown_grace ran out)"
+                        .into(),
+                );
+            } else if status == TraceStatus::ClientClosed && rec.error.is_none() {
                 rec.error = Some("client closed the connection".into());
             }
             rec.attempts = std::mem::take(&mut self.attempts);
@@ -501,6 +533,7 @@ mod tests {
             reason: None,
             http_status: Some(200),
             latency_ms: 1,
+            hedged: false,
         });
         r
     }

@@ -37,10 +37,11 @@ fn row_json(r: &Row) -> rusqlite::Result<Value> {
         "tokens_out": r.get::<_, Option<i64>>("tokens_out")?,
         "cost_usd": r.get::<_, Option<f64>>("cost_usd")?,
         "error": r.get::<_, Option<String>>("error")?,
+        "truncated_tokens": r.get::<_, Option<i64>>("truncated_tokens")?,
     }))
 }
 
-const COLUMNS: &str = "id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error";
+const COLUMNS: &str = "id, created_at, model_requested, provider, model, stream, status, http_status, attempts, failover, local, latency_ms, ttft_ms, tokens_in, tokens_out, cost_usd, error, truncated_tokens";
 
 /// Newest-first page of traces.
 pub fn list(conn: &Connection, f: &TraceFilter) -> rusqlite::Result<Vec<Value>> {
@@ -96,7 +97,7 @@ pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<Value>> {
         v["response_body"] = json!(resp_body);
     }
     let mut st = conn.prepare_cached(
-        "SELECT seq, provider, model, outcome, reason, http_status, latency_ms FROM attempts WHERE request_id = ?1 ORDER BY seq",
+        "SELECT seq, provider, model, outcome, reason, http_status, latency_ms, hedged FROM attempts WHERE request_id = ?1 ORDER BY seq",
     )?;
     let attempts: Vec<Value> = st
         .query_map([id], |a| {
@@ -108,6 +109,7 @@ pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<Value>> {
                 "reason": a.get::<_, Option<String>>(4)?,
                 "http_status": a.get::<_, Option<i64>>(5)?,
                 "latency_ms": a.get::<_, Option<i64>>(6)?,
+                "hedged": a.get::<_, bool>(7)?,
             }))
         })?
         .collect::<rusqlite::Result<_>>()?;

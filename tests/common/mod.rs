@@ -1,4 +1,6 @@
 #![allow(dead_code)]
+#[cfg(unix)]
+pub mod bin;
 pub mod mock;
 
 use serde_json::{json, Value};
@@ -35,6 +37,48 @@ impl Proxy {
             running: Some(running),
             data_dir,
         }
+    }
+
+    /// The real server started from a config file, which `POST /api/proxy/reload` re-reads
+    /// (with the same environment: HOME=/tmp and a temporary STOCKYARD_DATA_DIR).
+    pub async fn start_file(path: &std::path::Path) -> Proxy {
+        let data_dir = tempfile::tempdir().unwrap();
+        let env = Env::from_pairs([
+            ("HOME", "/tmp".to_string()),
+            ("STOCKYARD_DATA_DIR", data_dir.path().display().to_string()),
+        ]);
+        let cfg = stockyard::config::load_file(path, &env)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let opts = stockyard::server::StartOptions {
+            source: Some(stockyard::reload::ConfigSource {
+                path: Some(path.to_path_buf()),
+                env,
+            }),
+            notifier: None,
+        };
+        let running = stockyard::server::start_with(cfg, Some(listener), opts)
+            .await
+            .unwrap();
+        Proxy {
+            url: format!("http://{}", running.addr),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            running: Some(running),
+            data_dir,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self.client.post(format!("{}{}", self.url, path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Waits until every finished request's trace is in the database.
