@@ -79,9 +79,10 @@ pub fn parse_models(body: &[u8]) -> Option<Vec<String>> {
     )
 }
 
-/// Probes one provider once.
-pub async fn probe(p: &ProviderRuntime) -> Probe {
-    let mut req = p.client.get(probe_url(p));
+/// A GET to `url` with the provider's auth, API-version and extra headers (probes and model
+/// lists).
+pub fn get_request(p: &ProviderRuntime, url: &str) -> reqwest::RequestBuilder {
+    let mut req = p.client.get(url);
     if let Some((n, v)) = p.auth() {
         req = req.header(n, v);
     }
@@ -94,6 +95,12 @@ pub async fn probe(p: &ProviderRuntime) -> Probe {
     for (name, value) in &p.cfg.headers {
         req = req.header(name, value);
     }
+    req
+}
+
+/// Probes one provider once.
+pub async fn probe(p: &ProviderRuntime) -> Probe {
+    let req = get_request(p, &probe_url(p));
     let timeout = p
         .cfg
         .health_check

@@ -735,24 +735,7 @@ pub async fn list_models(State(st): State<Arc<AppState>>, headers: HeaderMap) ->
 }
 
 async fn fetch_models(p: &ProviderRuntime) -> Option<Vec<String>> {
-    #[derive(serde::Deserialize)]
-    struct List {
-        data: Vec<Item>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Item {
-        id: String,
-    }
-    let mut req = p.client.get(p.url("/models"));
-    if let Some((n, v)) = p.auth() {
-        req = req.header(n, v);
-    }
-    if p.cfg.kind.info().wire == Wire::Anthropic {
-        req = req.header("anthropic-version", openai::ANTHROPIC_VERSION);
-    }
-    for (n, v) in &p.cfg.headers {
-        req = req.header(n, v);
-    }
+    let req = crate::health::get_request(p, &p.url("/models"));
     let resp = tokio::time::timeout(Duration::from_secs(3), req.send())
         .await
         .ok()?
@@ -764,7 +747,5 @@ async fn fetch_models(p: &ProviderRuntime) -> Option<Vec<String>> {
         .await
         .ok()?
         .ok()?;
-    serde_json::from_slice::<List>(&body)
-        .ok()
-        .map(|l| l.data.into_iter().map(|i| i.id).collect())
+    crate::health::parse_models(&body)
 }
