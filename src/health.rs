@@ -136,10 +136,12 @@ pub fn apply(p: &ProviderRuntime, result: &Probe, health: bool, now: Instant) {
             if let (Some(models), true) = (models, discovers(p)) {
                 p.set_discovered(models.clone());
             }
-            // `reset` reports a transition only when the circuit was not already closed.
             if health {
-                if let Some(t) = p.with_breaker(|b| b.reset()) {
-                    tracing::warn!(provider = %p.name(), from = t.from.as_str(), to = t.to.as_str(), "circuit state changed: health probe passed");
+                let open = p.with_breaker(|b| b.snapshot().state) != crate::breaker::State::Closed;
+                if open {
+                    if let Some(t) = p.with_breaker(|b| b.reset()) {
+                        tracing::warn!(provider = %p.name(), from = t.from.as_str(), to = t.to.as_str(), "circuit state changed: health probe passed");
+                    }
                 }
             }
         }
