@@ -3,6 +3,7 @@
 
 pub mod anthropic;
 pub mod openai;
+pub mod transport;
 
 use serde::Serialize;
 

@@ -2,11 +2,13 @@
 //! how transport failures map onto attempt errors. Bodies pass through untouched except for the
 //! fields the proxy rewrites.
 
+use crate::providers::transport::{error_chain, SendError};
 use crate::providers::Wire;
 use crate::proxy::classify::{http_error, parse_retry_after, AttemptError};
 use crate::proxy::state::{auth_header, ProviderRuntime};
 use bytes::Bytes;
 use futures::StreamExt;
+use http::{HeaderName, HeaderValue};
 use std::time::{Duration, Instant};
 
 /// The Messages API version Stockyard speaks.
@@ -27,6 +29,8 @@ pub const RELAYED_HEADERS: &[&str] = &[
 
 /// Sends `body` to `path` (e.g. `/chat/completions`) and waits for response headers within the
 /// provider's `first_byte` timeout. `key` overrides the configured key (bring-your-own key).
+/// Only these headers go upstream: content type, accept, the provider's auth (never the
+/// client's), `anthropic-version` for Anthropic, and the provider's configured `headers`.
 pub async fn send(
     p: &ProviderRuntime,
     path: &str,
@@ -34,39 +38,46 @@ pub async fn send(
     key: Option<&str>,
     accept_sse: bool,
 ) -> Result<reqwest::Response, AttemptError> {
-    let mut req = p
-        .client
-        .post(p.url(path))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(
-            http::header::ACCEPT,
-            if accept_sse {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        );
-    let byok;
-    let auth = match key {
-        Some(k) => {
-            byok = auth_header(p.cfg.kind, k);
-            byok.as_ref()
-        }
-        None => p.auth(),
-    };
-    if let Some((name, value)) = auth {
-        req = req.header(name, value);
+    let uri = p.endpoint(path).ok_or_else(|| {
+        AttemptError::Connect("the provider's base_url is not a valid URL".into())
+    })?;
+    let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(4 + p.cfg.headers.len());
+    headers.push((
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    ));
+    headers.push((
+        http::header::ACCEPT,
+        HeaderValue::from_static(if accept_sse {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
+    ));
+    match key {
+        Some(k) => headers.extend(auth_header(p.cfg.kind, k)),
+        None => headers.extend(p.auth().cloned()),
     }
     if p.cfg.kind.info().wire == Wire::Anthropic {
-        req = req.header("anthropic-version", ANTHROPIC_VERSION);
+        headers.push((
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        ));
     }
-    for (name, value) in &p.cfg.headers {
-        req = req.header(name, value);
-    }
+    headers.extend(p.cfg.headers.iter().cloned());
     let first_byte = p.cfg.timeouts.first_byte;
-    match tokio::time::timeout(first_byte, req.body(body).send()).await {
+    let sent = p.upstream.post(uri, headers, Bytes::from(body));
+    match tokio::time::timeout(first_byte, sent).await {
         Err(_) => Err(AttemptError::FirstByteTimeout(first_byte)),
-        Ok(Err(e)) => Err(transport_error(&e, p.cfg.timeouts.connect)),
+        Ok(Err(SendError::Connect(msg))) => Err(AttemptError::Connect(msg)),
+        Ok(Err(SendError::ConnectTimeout)) => {
+            Err(AttemptError::ConnectTimeout(p.cfg.timeouts.connect))
+        }
+        Ok(Err(SendError::Transport(msg))) => Err(AttemptError::Transport(msg)),
+        Ok(Ok(resp)) if resp.status().is_redirection() => Err(AttemptError::Transport(format!(
+            "upstream answered {} (a redirect); Stockyard does not follow redirects: check base_url",
+            resp.status().as_u16()
+        ))),
         Ok(Ok(resp)) => Ok(resp),
     }
 }
@@ -84,24 +95,6 @@ pub fn transport_error(e: &reqwest::Error, connect_timeout: Duration) -> Attempt
         AttemptError::ConnectTimeout(connect_timeout)
     } else {
         AttemptError::Transport(msg)
-    }
-}
-
-/// The innermost useful message of an error chain, without URLs that could carry secrets.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !s.contains("http://") && !s.contains("https://") && !parts.contains(&s) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    if parts.is_empty() {
-        "request failed".into()
-    } else {
-        parts.join(": ")
     }
 }
 

@@ -30,7 +30,10 @@ impl Stats {
 
 pub struct ProviderRuntime {
     pub cfg: ProviderConfig,
+    /// For health probes and model lists.
     pub client: reqwest::Client,
+    /// For proxied requests.
+    pub upstream: crate::providers::transport::Upstream,
     /// Breaker, in-flight count and stats are shared with the runtime a reload replaces, so
     /// requests still finishing on the old config keep counting against the same provider.
     pub breaker: Arc<Mutex<Breaker>>,
@@ -40,7 +43,13 @@ pub struct ProviderRuntime {
     discovered: RwLock<Option<Arc<Vec<String>>>>,
     /// The auth header for the configured key, built once (marked sensitive).
     auth: Option<(HeaderName, HeaderValue)>,
+    /// The request paths' full URLs, parsed once ([`UPSTREAM_PATHS`]).
+    endpoints: Vec<(&'static str, http::Uri)>,
 }
+
+/// Paths the proxy sends requests to; their URLs are parsed once per provider instead of once
+/// per request.
+pub const UPSTREAM_PATHS: &[&str] = &["/chat/completions", "/messages", "/embeddings", "/models"];
 
 impl std::fmt::Debug for ProviderRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,13 +80,27 @@ impl ProviderRuntime {
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .user_agent(concat!("stockyard/", env!("CARGO_PKG_VERSION")))
+            // A proxy answers with what the upstream said; a redirect is an upstream error, and
+            // following it would send the provider key somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         let auth = cfg
             .api_key
             .as_ref()
             .and_then(|k| auth_header(cfg.kind, k.expose()));
+        let endpoints = UPSTREAM_PATHS
+            .iter()
+            .filter_map(|path| {
+                format!("{}{}", cfg.base_url, path)
+                    .parse::<http::Uri>()
+                    .ok()
+                    .map(|u| (*path, u))
+            })
+            .collect();
         ProviderRuntime {
+            upstream: crate::providers::transport::Upstream::new(cfg.timeouts.connect),
+            endpoints,
             cfg,
             client,
             breaker: Arc::new(Mutex::new(breaker)),
@@ -110,6 +133,15 @@ impl ProviderRuntime {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.cfg.base_url, path)
+    }
+
+    /// The parsed URL of `path` under the base URL: the one parsed at start-up for the usual
+    /// paths, or parsed now. `None` when the base URL does not make a valid URL.
+    pub fn endpoint(&self, path: &str) -> Option<http::Uri> {
+        match self.endpoints.iter().find(|(p, _)| *p == path) {
+            Some((_, u)) => Some(u.clone()),
+            None => self.url(path).parse().ok(),
+        }
     }
 
     pub fn auth(&self) -> Option<&(HeaderName, HeaderValue)> {
