@@ -541,6 +541,7 @@ mod many {
     use common::bin::Server;
 
     /// Raises this process's open-file limit to its hard limit; returns the new soft limit.
+    #[allow(clippy::unnecessary_cast)]
     fn raise_nofile() -> u64 {
         // SAFETY: plain libc calls on a local struct.
         unsafe {
