@@ -454,14 +454,17 @@ async fn track_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
     }
     // Only the proxy routes are shed: health, readiness, metrics and the admin API stay
     // available to see and fix the overload.
-    let slot = if req.uri().path().starts_with("/v1/") {
-        let max = g.state.runtime().config.max_in_flight;
-        match g.slot(max) {
-            Some(s) => Some(s),
-            None => return g.shed(max),
-        }
+    let (slot, req) = if req.uri().path().starts_with("/v1/") {
+        let rt = g.state.runtime();
+        let max = rt.config.max_in_flight;
+        let Some(slot) = g.slot(max) else {
+            return g.shed(max);
+        };
+        // A body that stalls must not hold the slot forever either.
+        let idle = rt.config.header_read_timeout;
+        (Some(slot), req.map(|b| Body::new(IdleBody::new(b, idle))))
     } else {
-        None
+        (None, req)
     };
     let sse_kind = if req.uri().path().ends_with("/messages") {
         SseKind::Anthropic
@@ -489,6 +492,76 @@ async fn track_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
             Response::from_parts(parts, Body::new(body))
         }
         _ = cut.wait_for(|c| *c) => ApiError::ShuttingDown.into_response(),
+    }
+}
+
+/// A request body that fails when no data arrives for `idle` (`header_read_timeout`): a client
+/// that stops sending half-way through its body is answered (400) instead of holding its
+/// in-flight slot and connection forever.
+struct IdleBody {
+    inner: Body,
+    idle: Duration,
+    /// Created the first time the body has nothing ready; re-armed after every frame.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl IdleBody {
+    fn new(inner: Body, idle: Duration) -> IdleBody {
+        IdleBody {
+            inner,
+            idle,
+            timer: None,
+            armed: false,
+        }
+    }
+}
+
+impl http_body::Body for IdleBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.armed {
+                    timer.as_mut().reset(deadline);
+                    this.armed = true;
+                }
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "no request body data for {:?} (header_read_timeout)",
+                                this.idle
+                            ),
+                        )))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
