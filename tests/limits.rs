@@ -125,6 +125,35 @@ async fn silent_and_idle_keep_alive_connections_are_closed_after_the_timeout() {
         .await
         .expect("silent connection not closed");
     assert!(rest.is_empty());
+    // Half an HTTP/2 preface, then nothing: dropped as well.
+    let mut h2 = TcpStream::connect(addr(&p)).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    read_until_closed(&mut h2, Duration::from_secs(20))
+        .await
+        .expect("a stalled HTTP/2 preface is never dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_still_works() {
+    let m = MockUpstream::start().await;
+    let p = Proxy::start(&one(&m.url(), "header_read_timeout: 1s\n")).await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let r = c
+            .post(format!("{}/v1/chat/completions", p.url))
+            .json(&chat_body("m"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+        // Longer than header_read_timeout between requests on the same connection: HTTP/2 has
+        // no request-head deadline once the connection is up.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
