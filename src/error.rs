@@ -63,6 +63,9 @@ pub enum ApiError {
     InvalidConfig(String),
     #[error("stockyard is shutting down and stopped this request (shutdown_grace ran out)")]
     ShuttingDown,
+    /// More proxy requests are in flight than `max_in_flight`: shed before any work is done.
+    #[error("stockyard is overloaded: {limit} requests are already in flight (max_in_flight); retry shortly")]
+    Overloaded { limit: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -83,7 +86,7 @@ impl ApiError {
             ApiError::AllProvidersFailed { status, .. } => *status,
             ApiError::ContextTooLong { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,7 +97,7 @@ impl ApiError {
             ApiError::AllProvidersFailed { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::Internal(_) | ApiError::ShuttingDown => true,
+            ApiError::Internal(_) | ApiError::ShuttingDown | ApiError::Overloaded { .. } => true,
             _ => false,
         }
     }
@@ -104,7 +107,9 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::AdminUnauthorized => "authentication_error",
             ApiError::AdminForbidden => "permission_error",
             ApiError::AllProvidersFailed { .. } => "upstream_error",
-            ApiError::Internal(_) | ApiError::ShuttingDown => "server_error",
+            ApiError::Internal(_) | ApiError::ShuttingDown | ApiError::Overloaded { .. } => {
+                "server_error"
+            }
             ApiError::RouteNotFound { .. }
             | ApiError::NotFound(_)
             | ApiError::ModelNotFound { .. } => "not_found_error",
@@ -126,6 +131,7 @@ impl ApiError {
             ApiError::AllProvidersFailed { .. } => "all_providers_failed",
             ApiError::InvalidConfig(_) => "invalid_config",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::Overloaded { .. } => "overloaded",
             _ => return None,
         })
     }
@@ -166,11 +172,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
-        if let ApiError::AllProvidersFailed {
-            retry_after: Some(s),
-            ..
-        } = &self
-        {
+        let retry_after = match &self {
+            ApiError::AllProvidersFailed {
+                retry_after: Some(s),
+                ..
+            } => Some(*s),
+            ApiError::Overloaded { .. } => Some(1),
+            _ => None,
+        };
+        if let Some(s) = retry_after {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 resp.headers_mut().insert(http::header::RETRY_AFTER, v);
             }
@@ -215,5 +225,9 @@ mod tests {
         assert_eq!(e.body()["error"]["attempts"][0]["reason"], "circuit_open");
         let r = e.into_response();
         assert_eq!(r.headers()["retry-after"], "3");
+        let e = ApiError::Overloaded { limit: 8 };
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.body()["error"]["code"], "overloaded");
+        assert_eq!(e.into_response().headers()["retry-after"], "1");
     }
 }

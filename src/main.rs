@@ -13,6 +13,9 @@ fn serve(path: Option<&std::path::Path>) -> i32 {
         Err(code) => return code,
     };
     stockyard::logging::init(&cfg);
+    if let Some((before, after)) = stockyard::service::raise_fd_limit() {
+        tracing::debug!(before, after, "raised the open-file limit");
+    }
     // Reloads read the same file (or rebuild the same built-in default) as this start did.
     let source = ConfigSource {
         path: config::load::config_path(path, &env),

@@ -77,6 +77,8 @@ pub struct Metrics {
     traces_written: Counter,
     cache_hits: Counter,
     cache_misses: Counter,
+    /// Proxy requests refused because `max_in_flight` were already running.
+    pub shed: Counter,
     /// Last values copied from [`TraceStats`] (the counters only move forward).
     seen: Mutex<(u64, u64)>,
 }
@@ -186,6 +188,12 @@ impl Metrics {
             "Cacheable chat completions not found in the response cache",
             cache_misses.clone(),
         );
+        let shed = Counter::default();
+        registry.register(
+            "requests_shed",
+            "Proxy requests refused with 503 because max_in_flight requests were running",
+            shed.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -203,6 +211,7 @@ impl Metrics {
             traces_written,
             cache_hits,
             cache_misses,
+            shed,
             seen: Mutex::new((0, 0)),
         }
     }

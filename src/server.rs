@@ -60,6 +60,7 @@ pub struct Running {
     writer: Option<TraceWriter>,
     cut: watch::Sender<bool>,
     active: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     sink: TraceSink,
 }
 
@@ -67,6 +68,11 @@ impl Running {
     /// Requests (handlers and response bodies) currently running.
     pub fn in_flight(&self) -> usize {
         self.active.load(Ordering::SeqCst)
+    }
+
+    /// Client connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Closes the listener (new connections are refused) and asks every open connection to close
@@ -180,10 +186,6 @@ pub async fn start_with(
         None => TcpListener::bind(config.listen).await?,
     };
     let addr = listener.local_addr()?;
-    // Small SSE writes must leave at once, not wait for the client's delayed ACK (Nagle).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let source = opts.source.unwrap_or_else(|| ConfigSource::of(&config));
     let (sink, writer, db_path) = start_traces(&config);
     let cache_on = config.cache.enabled;
@@ -203,21 +205,16 @@ pub async fn start_with(
     let guard = Guard {
         cut: cut_rx,
         active: active.clone(),
+        proxied: Arc::new(AtomicUsize::new(0)),
+        state: state.clone(),
+        shed_log: Arc::new(std::sync::Mutex::new(None)),
     };
     let app = proxy::router(state.clone())
         .layer(axum::Extension(reloader.clone()))
         .layer(middleware::from_fn_with_state(guard, track_request));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let connections = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(serve(listener, app, state.clone(), rx, connections.clone()));
     Ok(Running {
         addr,
         state,
@@ -227,8 +224,154 @@ pub async fn start_with(
         writer,
         cut,
         active,
+        connections,
         sink,
     })
+}
+
+/// The accept loop. Every connection is served by hyper (HTTP/1.1, or HTTP/2 with prior
+/// knowledge) with TCP_NODELAY and the peer address as `ConnectInfo`. A connection must deliver
+/// a complete request head within `header_read_timeout` (slowloris), and an idle keep-alive
+/// connection is closed after the same time. When `stop` fires the listener is closed, every
+/// connection is asked to close once its current request is answered (idle ones close at once),
+/// and the loop returns when the last connection has closed.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    state: Arc<AppState>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    open: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let (shut_tx, shut_rx) = watch::channel(false);
+    let (close_tx, close_rx) = watch::channel(());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+        };
+        // Small SSE writes must leave at once, not wait for the client's delayed ACK (Nagle).
+        let _ = tcp.set_nodelay(true);
+        let header_read_timeout = state.runtime().config.header_read_timeout;
+        let conn = Conn {
+            app: app.clone(),
+            peer,
+            header_read_timeout,
+            shut: shut_rx.clone(),
+            _close: close_rx.clone(),
+            _open: Open::new(&open),
+        };
+        tokio::spawn(conn.run(tcp));
+    }
+    drop(listener);
+    let _ = shut_tx.send(true);
+    drop(close_rx);
+    close_tx.closed().await;
+    Ok(())
+}
+
+/// `accept` failed: a connection that died in the backlog is skipped; anything else (out of
+/// file descriptors) is logged and retried after a pause, so the loop does not spin.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept connections; retrying in 100ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// One open client connection (counted while it exists).
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(n: &Arc<AtomicUsize>) -> Open {
+        n.fetch_add(1, Ordering::SeqCst);
+        Open(n.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Everything one connection task needs.
+struct Conn {
+    app: axum::Router,
+    peer: SocketAddr,
+    header_read_timeout: Duration,
+    shut: watch::Receiver<bool>,
+    /// Held until the connection closes; the accept loop waits for every one to drop.
+    _close: watch::Receiver<()>,
+    _open: Open,
+}
+
+impl Conn {
+    async fn run(mut self, tcp: tokio::net::TcpStream) {
+        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (app, peer, seen) = (self.app.clone(), self.peer, started.clone());
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            seen.store(true, Ordering::Relaxed);
+            let mut req = req.map(Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), req)
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // hyper starts this timer whenever it waits for a request head: for the first request
+        // and between requests on a kept-alive connection, so it is the idle timeout too.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        // Dead HTTP/2 peers are found by pings.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.header_read_timeout);
+        let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+        tokio::pin!(conn);
+        // hyper's timer only starts once the protocol is known: a connection that sends
+        // nothing (or trickles an HTTP/2 preface) is dropped here when its first request has
+        // not arrived in time.
+        let first = tokio::time::sleep(self.header_read_timeout);
+        tokio::pin!(first);
+        let mut first_pending = true;
+        let mut shutting = false;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::trace!(peer = %self.peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = self.shut.wait_for(|s| *s), if !shutting => {
+                    shutting = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = &mut first, if first_pending => {
+                    first_pending = false;
+                    if !started.load(Ordering::Relaxed) {
+                        tracing::debug!(peer = %self.peer, timeout_ms = self.header_read_timeout.as_millis() as u64, "no request within header_read_timeout; closing the connection");
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Shared by every request: the "cut now" signal and the in-flight count.
@@ -236,6 +379,54 @@ pub async fn start_with(
 struct Guard {
     cut: watch::Receiver<bool>,
     active: Arc<AtomicUsize>,
+    /// Proxy requests (`/v1/*`) in flight, held against `max_in_flight`.
+    proxied: Arc<AtomicUsize>,
+    state: Arc<AppState>,
+    /// When shedding was last logged, and how many were shed since.
+    shed_log: Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
+}
+
+/// How often shedding is logged while it goes on.
+const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Guard {
+    /// Takes an in-flight slot for a proxy request, or `None` when `max` are taken.
+    fn slot(&self, max: usize) -> Option<Slot> {
+        self.proxied
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.proxied.clone()))
+    }
+
+    fn shed(&self, max: usize) -> Response {
+        self.state.traces.metrics.shed.inc();
+        let mut last = self.shed_log.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match last.as_mut() {
+            Some((at, n)) if now.duration_since(*at) < SHED_LOG_INTERVAL => *n += 1,
+            _ => {
+                let since = (*last).map_or(0, |(_, n)| n);
+                tracing::warn!(
+                    max_in_flight = max,
+                    shed_since_last_log = since + 1,
+                    "overloaded: shedding requests with 503"
+                );
+                *last = Some((now, 0));
+            }
+        }
+        ApiError::Overloaded { limit: max }.into_response()
+    }
+}
+
+/// One of the `max_in_flight` slots, held until the response body ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Counts one request from the start of its handler to the end of its response body.
@@ -261,6 +452,20 @@ async fn track_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
     if *cut.borrow() {
         return ApiError::ShuttingDown.into_response();
     }
+    // Only the proxy routes are shed: health, readiness, metrics and the admin API stay
+    // available to see and fix the overload.
+    let (slot, req) = if req.uri().path().starts_with("/v1/") {
+        let rt = g.state.runtime();
+        let max = rt.config.max_in_flight;
+        let Some(slot) = g.slot(max) else {
+            return g.shed(max);
+        };
+        // A body that stalls must not hold the slot forever either.
+        let idle = rt.config.header_read_timeout;
+        (Some(slot), req.map(|b| Body::new(IdleBody::new(b, idle))))
+    } else {
+        (None, req)
+    };
     let sse_kind = if req.uri().path().ends_with("/messages") {
         SseKind::Anthropic
     } else {
@@ -281,11 +486,82 @@ async fn track_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
                 waiting: None,
                 sse,
                 done: false,
+                _slot: slot,
                 _active: active,
             };
             Response::from_parts(parts, Body::new(body))
         }
         _ = cut.wait_for(|c| *c) => ApiError::ShuttingDown.into_response(),
+    }
+}
+
+/// A request body that fails when no data arrives for `idle` (`header_read_timeout`): a client
+/// that stops sending half-way through its body is answered (400) instead of holding its
+/// in-flight slot and connection forever.
+struct IdleBody {
+    inner: Body,
+    idle: Duration,
+    /// Created the first time the body has nothing ready; re-armed after every frame.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl IdleBody {
+    fn new(inner: Body, idle: Duration) -> IdleBody {
+        IdleBody {
+            inner,
+            idle,
+            timer: None,
+            armed: false,
+        }
+    }
+}
+
+impl http_body::Body for IdleBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.armed {
+                    timer.as_mut().reset(deadline);
+                    this.armed = true;
+                }
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "no request body data for {:?} (header_read_timeout)",
+                                this.idle
+                            ),
+                        )))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -305,6 +581,7 @@ struct CutBody {
     waiting: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     sse: Option<SseKind>,
     done: bool,
+    _slot: Option<Slot>,
     _active: Active,
 }
 

@@ -128,3 +128,41 @@ async fn stop(
         }
     }
 }
+
+/// Raises the soft open-file limit to the hard limit (as Go programs and nginx's
+/// `worker_rlimit_nofile` do): every client connection and every upstream connection is a file
+/// descriptor, and the common soft default of 1024 caps the server far below what it can hold.
+/// Returns `(before, after)` when it changed.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    // Past this the kernel's `nr_open` usually refuses anyway; plenty for one proxy.
+    const CAP: u64 = 1 << 20;
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return None;
+    }
+    let before = l.rlim_cur as u64;
+    let want = (l.rlim_max as u64).min(CAP);
+    if want <= before {
+        return None;
+    }
+    let new = libc::rlimit {
+        rlim_cur: want as libc::rlim_t,
+        rlim_max: l.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        return None;
+    }
+    Some((before, want))
+}
+
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    None
+}

@@ -50,6 +50,12 @@ pub struct Config {
     pub max_body_size: usize,
     /// How long SIGTERM/SIGINT waits for in-flight requests and streams before cutting them.
     pub shutdown_grace: Duration,
+    /// A client connection must deliver a complete request head within this long (also how
+    /// long an idle keep-alive connection is kept, and how long a new connection may stay
+    /// silent before its first request).
+    pub header_read_timeout: Duration,
+    /// Proxy requests (`/v1/*`) in flight at once, streams included; more are shed with 503.
+    pub max_in_flight: usize,
     /// Providers in declaration order; [`Config::chain_order`] says the failover order.
     pub providers: Vec<ProviderConfig>,
     pub aliases_enabled: bool,

@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub allow_unauthenticated: Option<bool>,
     pub max_body_size: Option<ByteSize>,
     pub shutdown_grace: Option<Dur>,
+    pub header_read_timeout: Option<Dur>,
+    pub max_in_flight: Option<usize>,
     pub providers: Option<RawProviders>,
     pub model_alias: Option<RawModelAlias>,
     pub failover: Option<RawFailover>,

@@ -18,6 +18,8 @@ use std::time::Duration;
 pub const DEFAULT_PORT: u16 = 4200;
 pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 struct Ctx<'a> {
     map: &'a SourceMap,
@@ -243,6 +245,23 @@ pub fn validate(
     let max_body_size = usize::try_from(max_body)
         .map_err(|_| cx.at("max_body_size", "max_body_size is too large"))?;
 
+    let header_read_timeout = raw
+        .header_read_timeout
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT);
+    if header_read_timeout < Duration::from_millis(100)
+        || header_read_timeout > Duration::from_secs(3600)
+    {
+        return Err(cx.at(
+            "header_read_timeout",
+            "header_read_timeout must be between 100ms and 1h",
+        ));
+    }
+    let max_in_flight = raw.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+    if max_in_flight == 0 {
+        return Err(cx.at("max_in_flight", "max_in_flight must be at least 1"));
+    }
+
     let local_factor = fo.local_factor.unwrap_or(2.0);
     if !(1.0..=1000.0).contains(&local_factor) {
         return Err(cx.at(
@@ -265,6 +284,8 @@ pub fn validate(
             .shutdown_grace
             .map(|d| d.0)
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        header_read_timeout,
+        max_in_flight,
         providers,
         aliases_enabled: ma.enabled.unwrap_or(true),
         aliases,

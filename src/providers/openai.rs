@@ -74,10 +74,6 @@ pub async fn send(
             Err(AttemptError::ConnectTimeout(p.cfg.timeouts.connect))
         }
         Ok(Err(SendError::Transport(msg))) => Err(AttemptError::Transport(msg)),
-        Ok(Ok(resp)) if resp.status().is_redirection() => Err(AttemptError::Transport(format!(
-            "upstream answered {} (a redirect); Stockyard does not follow redirects: check base_url",
-            resp.status().as_u16()
-        ))),
         Ok(Ok(resp)) => Ok(resp),
     }
 }

@@ -143,6 +143,9 @@ pub struct AttemptCtx {
     pub started: Instant,
     /// When the attempt's `total` timeout runs out.
     pub deadline: Instant,
+    /// The client's own key when it brought one (redacted from upstream text like the
+    /// provider's configured key).
+    pub byok: Option<Arc<str>>,
 }
 
 /// What to send and how to read the answer.
@@ -325,6 +328,14 @@ where
         };
         let resp = openai::send(p, path, body, call.key, call.accept_sse).await?;
         let _ = first_byte.set(started.elapsed());
+        if resp.status().is_redirection() {
+            // Redirects are never followed (the provider key would go along): the provider is
+            // misconfigured or misbehaving, so this counts as a failed attempt.
+            return Err(AttemptError::Malformed(format!(
+                "upstream answered HTTP {} (a redirect); redirects are not followed, check base_url",
+                resp.status().as_u16()
+            )));
+        }
         if !resp.status().is_success() {
             return Err(openai::error_from_response(resp, p.cfg.timeouts.idle, deadline).await);
         }
@@ -335,14 +346,21 @@ where
                 model: c.model.clone(),
                 started,
                 deadline,
+                byok: call.key.map(Arc::from),
             },
         )
         .await
     };
-    match tokio::time::timeout(total, work).await {
+    let result = match tokio::time::timeout(total, work).await {
         Ok(r) => r,
         Err(_) => Err(AttemptError::TotalTimeout(total)),
-    }
+    };
+    // An upstream that echoes the key it was sent must not hand it on.
+    result.map_err(|e| {
+        let configured = p.cfg.api_key.as_ref().map(|k| k.expose());
+        let secrets: Vec<&str> = configured.into_iter().chain(call.key).collect();
+        e.redact(&secrets)
+    })
 }
 
 /// An attempt in flight: its row in `attempts` and when it started.

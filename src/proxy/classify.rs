@@ -60,7 +60,59 @@ pub enum HttpErrorKind {
     QuotaExhausted,
 }
 
+/// The shortest secret [`AttemptError::redact`] replaces (shorter strings would match ordinary
+/// text).
+const MIN_SECRET_LEN: usize = 6;
+
+/// What replaces a secret in upstream error text.
+pub const REDACTED: &str = "[redacted]";
+
+fn redact_str(s: &mut String, secrets: &[&str]) {
+    for k in secrets {
+        if k.len() >= MIN_SECRET_LEN && s.contains(k) {
+            *s = s.replace(k, REDACTED);
+        }
+    }
+}
+
+/// `text` with every secret replaced by [`REDACTED`].
+pub fn redact_text(text: &str, secrets: &[&str]) -> String {
+    let mut s = text.to_string();
+    redact_str(&mut s, secrets);
+    s
+}
+
+fn redact_bytes(b: &mut Bytes, secrets: &[&str]) {
+    for k in secrets {
+        if k.len() >= MIN_SECRET_LEN && memchr::memmem::find(b, k.as_bytes()).is_some() {
+            let text = String::from_utf8_lossy(b).replace(k, REDACTED);
+            *b = Bytes::from(text);
+        }
+    }
+}
+
 impl AttemptError {
+    /// Replaces every occurrence of `secrets` (the keys sent upstream) in the upstream's text:
+    /// providers that echo a rejected key in their error must not pass it on to the client,
+    /// the traces or the logs.
+    pub fn redact(mut self, secrets: &[&str]) -> AttemptError {
+        match &mut self {
+            AttemptError::Connect(s)
+            | AttemptError::Transport(s)
+            | AttemptError::Malformed(s)
+            | AttemptError::Translate(s)
+            | AttemptError::StreamError(s) => redact_str(s, secrets),
+            AttemptError::ErrorBody { body, .. } | AttemptError::Http { body, .. } => {
+                redact_bytes(body, secrets)
+            }
+            AttemptError::ConnectTimeout(_)
+            | AttemptError::FirstByteTimeout(_)
+            | AttemptError::IdleTimeout(_)
+            | AttemptError::TotalTimeout(_) => {}
+        }
+        self
+    }
+
     pub fn class(&self, retry_on: &RetryOn) -> Class {
         let retry = |ok: bool| {
             if ok {
@@ -357,6 +409,27 @@ mod tests {
             Class::Retryable {
                 same_provider: false
             }
+        );
+    }
+
+    #[test]
+    fn redact_removes_echoed_keys() {
+        let e = http(401, r#"{"error":{"message":"Incorrect API key provided: sk-live-123456. Again: sk-live-123456"}}"#)
+            .redact(&["sk-live-123456", "abc"]);
+        let AttemptError::Http { body, .. } = &e else {
+            panic!()
+        };
+        let text = String::from_utf8_lossy(body);
+        assert!(!text.contains("sk-live-123456"), "{text}");
+        assert!(
+            text.contains("provided: [redacted]. Again: [redacted]"),
+            "{text}"
+        );
+        let e =
+            AttemptError::StreamError("key sk-live-123456 bad".into()).redact(&["sk-live-123456"]);
+        assert_eq!(
+            e.to_string(),
+            "stream failed before any content: key [redacted] bad"
         );
     }
 

@@ -77,12 +77,11 @@ impl ProviderRuntime {
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.timeouts.connect)
             .tcp_nodelay(true)
+            // A 3xx from a provider is an upstream error: never follow it (the key would go along).
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .user_agent(concat!("stockyard/", env!("CARGO_PKG_VERSION")))
-            // A proxy answers with what the upstream said; a redirect is an upstream error, and
-            // following it would send the provider key somewhere else.
-            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         let auth = cfg

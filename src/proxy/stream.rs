@@ -220,6 +220,7 @@ pub async fn finish_stream(
         model,
         started,
         deadline,
+        byok,
     } = ctx;
     let status = resp.status();
     let ctype = resp
@@ -290,6 +291,7 @@ pub async fn finish_stream(
                     error: None,
                     events,
                     provider: p,
+                    byok,
                     deadline,
                     include_usage,
                     finished: finish,
@@ -325,6 +327,8 @@ fn stream_headers(upstream: &http::HeaderMap) -> http::HeaderMap {
 struct Relay {
     events: EventStream,
     provider: Arc<ProviderRuntime>,
+    /// The client's own key, if it brought one.
+    byok: Option<Arc<str>>,
     deadline: Instant,
     include_usage: bool,
     /// A finish_reason was seen: a missing `[DONE]` is then tolerated.
@@ -425,6 +429,10 @@ impl Relay {
     }
 
     fn fail(&mut self, message: &str) -> Bytes {
+        // An upstream that echoes the key it was sent must not hand it on.
+        let configured = self.provider.cfg.api_key.as_ref().map(|k| k.expose());
+        let secrets: Vec<&str> = configured.into_iter().chain(self.byok.as_deref()).collect();
+        let message = &crate::proxy::classify::redact_text(message, &secrets);
         self.done = true;
         self.error = Some(message.to_string());
         tracing::warn!(provider = %self.provider.name(), error = message, "stream interrupted after content");
