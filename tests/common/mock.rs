@@ -138,6 +138,10 @@ pub struct Step {
     drip: Option<Duration>,
     crlf: bool,
     split: bool,
+    /// End with a TCP reset instead of a FIN where this step closes the connection.
+    rst: bool,
+    /// Where this step would close the connection, keep it open until the client closes it.
+    hold: bool,
 }
 
 impl Step {
@@ -152,6 +156,8 @@ impl Step {
             drip: None,
             crlf: false,
             split: false,
+            rst: false,
+            hold: false,
         }
     }
 
@@ -273,6 +279,22 @@ impl Step {
     /// Use `\r\n` line endings in SSE framing.
     pub fn crlf(mut self) -> Step {
         self.crlf = true;
+        self
+    }
+
+    /// Where the step ends the connection early (after [`Step::raw`] bytes, a
+    /// [`Step::truncated`] body, or [`SseEv::Drop`]), reset it (SO_LINGER 0 → RST) instead of
+    /// closing it cleanly: "reset after headers" is `truncated(0).rst()`, "reset mid-body" is
+    /// `truncated(n).rst()`, "reset mid-stream" is an `SseEv::Drop` in a `.rst()` stream.
+    pub fn rst(mut self) -> Step {
+        self.rst = true;
+        self
+    }
+
+    /// Where the step ends the connection early (as for [`Step::rst`]), keep the socket open
+    /// and silent until the client closes it instead: "hang mid-body" is `truncated(n).hold()`.
+    pub fn hold(mut self) -> Step {
+        self.hold = true;
         self
     }
 
@@ -939,6 +961,18 @@ impl Conn {
         self.write(head.as_bytes()).await
     }
 
+    /// The step closes the connection early here: hold it open (`hold`), reset it (`rst`), or
+    /// let the caller close it.
+    async fn end_early(&mut self, step: &Step) -> Result<bool, ClientGone> {
+        if step.hold {
+            return Err(self.wait_eof().await);
+        }
+        if step.rst {
+            let _ = self.stream.set_zero_linger();
+        }
+        Ok(false)
+    }
+
     /// Execute `step` for `req`. `Ok(keep_alive)`, or `Err` when the client went away mid-answer.
     async fn respond(
         &mut self,
@@ -962,7 +996,7 @@ impl Conn {
             None => Ok(false),
             Some(Payload::Raw(bytes)) => {
                 self.write_pieces(&bytes, step, false).await?;
-                Ok(false)
+                self.end_early(step).await
             }
             Some(Payload::Full { content_type, body }) => {
                 let defaults = vec![
@@ -975,7 +1009,10 @@ impl Conn {
                 }
                 let n = step.truncate.map_or(body.len(), |n| n.min(body.len()));
                 self.write_pieces(&body[..n], step, false).await?;
-                Ok(step.truncate.is_none() && !close_after)
+                if step.truncate.is_some() {
+                    return self.end_early(step).await;
+                }
+                Ok(!close_after)
             }
             Some(Payload::Stream(events)) => {
                 let defaults = vec![
@@ -992,7 +1029,7 @@ impl Conn {
                     match ev {
                         SseEv::Delay(d) => self.pause(*d).await?,
                         SseEv::Stall => return Err(self.wait_eof().await),
-                        SseEv::Drop => return Ok(false),
+                        SseEv::Drop => return self.end_early(step).await,
                         _ => {
                             let text = ev.render(nl).unwrap_or_default();
                             self.write_pieces(text.as_bytes(), step, true).await?;
