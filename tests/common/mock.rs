@@ -5,8 +5,9 @@
 //! truncated bodies, garbage, byte-by-byte drip, stalled or abruptly dropped SSE streams.
 //!
 //! Routing:
-//! * every `POST` (any path) consumes the next queued [`Step`] (FIFO), or the default step when the
-//!   queue is empty (initially `Step::ok_chat("Hello from mock")`);
+//! * every `POST` (any path) consumes the next queued [`Step`] (FIFO); when the queue is empty the
+//!   responder chooses one ([`MockUpstream::set_responder`]), else the default step answers
+//!   (initially `Step::ok_chat("Hello from mock")`);
 //! * `GET …/models` (e.g. `/v1/models`) and `GET /api/tags` serve the model list from
 //!   [`MockUpstream::set_models`] without consuming steps; `GET /api/version` answers a version;
 //! * anything else gets an OpenAI-shaped 404.
@@ -490,8 +491,12 @@ impl Kind {
 // The server
 // ---------------------------------------------------------------------------------------------
 
+/// Chooses the step for a POST (see [`MockUpstream::set_responder`]).
+pub type Responder = Arc<dyn Fn(&Recorded) -> Step + Send + Sync>;
+
 struct Shared {
     queue: Mutex<VecDeque<Step>>,
+    responder: Mutex<Option<Responder>>,
     default: Mutex<Step>,
     models: Mutex<Vec<String>>,
     models_step: Mutex<Option<Step>>,
@@ -515,8 +520,14 @@ impl Shared {
     fn route(&self, req: &Recorded) -> Step {
         lock(&self.requests).push(req.clone());
         if req.method == "POST" {
-            let next = lock(&self.queue).pop_front();
-            return next.unwrap_or_else(|| lock(&self.default).clone());
+            if let Some(next) = lock(&self.queue).pop_front() {
+                return next;
+            }
+            let responder = lock(&self.responder).clone();
+            if let Some(f) = responder {
+                return f(req);
+            }
+            return lock(&self.default).clone();
         }
         let tags = req.path == "/api/tags";
         if req.method == "GET" && (tags || req.path.ends_with("/models")) {
@@ -583,6 +594,7 @@ impl MockUpstream {
         let addr = listener.local_addr().expect("mock local addr");
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
+            responder: Mutex::new(None),
             default: Mutex::new(Step::ok_chat("Hello from mock")),
             models: Mutex::new(vec![MOCK_MODEL.to_string()]),
             models_step: Mutex::new(None),
@@ -624,6 +636,12 @@ impl MockUpstream {
     /// Step used for POSTs when the queue is empty.
     pub fn set_default(&self, step: Step) {
         *lock(&self.shared.default) = step;
+    }
+
+    /// Let `f` choose the step for every POST the queue does not answer (instead of the default
+    /// step), e.g. random faults; `None` restores the default step.
+    pub fn set_responder(&self, f: Option<Responder>) {
+        *lock(&self.shared.responder) = f;
     }
 
     /// Models served by `GET …/models` and `GET /api/tags`.
