@@ -915,21 +915,71 @@ async fn stable_counts(ports: &[u16]) -> Counts {
 /// Polls (up to 10 s: generous on a loaded machine) until tasks and sockets are back to at most
 /// the baseline.
 async fn assert_no_leak(ctx: &str, ports: &[u16], base: Counts) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    if let Some(c) = leaked(ports, base, Duration::from_secs(10)).await {
+        panic!(
+            "{ctx}: leak: {c:?} after the case, baseline {base:?}; sockets (local, remote, \
+             state): {:?}",
+            case_sockets(ports)
+        );
+    }
+}
+
+/// `None` once the counts are at most `base` within `window`, else the last counts.
+async fn leaked(ports: &[u16], base: Counts, window: Duration) -> Option<Counts> {
+    let deadline = Instant::now() + window;
     loop {
         let c = counts(ports);
         if c.tasks <= base.tasks && c.sockets <= base.sockets {
-            return;
+            return None;
         }
         if Instant::now() >= deadline {
-            panic!(
-                "{ctx}: leak: {c:?} after the case, baseline {base:?}; sockets (local, remote, \
-                 state): {:?}",
-                case_sockets(ports)
-            );
+            return Some(c);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// The two tests of this file run one at a time: the matrix's final check counts every TCP
+/// socket of the process.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The leak check itself: a connection and a task left behind are both noticed.
+#[test]
+fn leak_check_notices_a_leftover_connection_and_task() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(leak_check_self_test());
+}
+
+async fn leak_check_self_test() {
+    let a = MockUpstream::start().await;
+    let ports = [a.addr.port()];
+    let base = stable_counts(&ports).await;
+    let conn = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    // Both ends open: wait until the mock has accepted it (and spawned its connection task).
+    while a.connections_opened() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let c = leaked(&ports, base, Duration::from_millis(300)).await;
+    assert!(
+        c.is_some_and(|c| c.sockets >= base.sockets + 2 && c.tasks > base.tasks),
+        "{c:?} vs {base:?}"
+    );
+    drop(conn);
+    assert!(leaked(&ports, base, Duration::from_secs(10))
+        .await
+        .is_none());
+    let task = tokio::spawn(std::future::pending::<()>());
+    assert!(leaked(&ports, base, Duration::from_millis(100))
+        .await
+        .is_some());
+    task.abort();
+    assert!(leaked(&ports, base, Duration::from_secs(10))
+        .await
+        .is_none());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1108,6 +1158,7 @@ fn matrix_jobs() -> Vec<Job> {
 
 #[test]
 fn chaos_matrix() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let before = inet_sockets().len();
     let mut jobs = matrix_jobs();
     jobs.push((
