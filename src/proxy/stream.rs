@@ -9,7 +9,7 @@ use super::chat::{relay_headers, UsageJson};
 use super::classify::AttemptError;
 use super::state::ProviderRuntime;
 use crate::providers::anthropic::{AnthropicToOpenAiStream, OpenAiOut};
-use crate::providers::openai::transport_error;
+use crate::providers::openai::{read_limited, transport_error};
 use crate::providers::Wire;
 use crate::sse::{self, SseEvent, StreamError};
 use axum::body::{Body, Bytes};
@@ -18,6 +18,9 @@ use serde::Deserialize;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// How much of a non-SSE answer to a stream request is read to look for an error object.
+const NON_SSE_LIMIT: usize = 1 << 20;
 
 type EventStream =
     Pin<Box<dyn Stream<Item = Result<SseEvent, StreamError<reqwest::Error>>> + Send>>;
@@ -230,10 +233,14 @@ pub async fn finish_stream(
         .unwrap_or("")
         .to_ascii_lowercase();
     if !ctype.starts_with("text/event-stream") {
-        // Some backends answer a stream request with a JSON error and status 200.
-        let body = resp.bytes().await.unwrap_or_default();
-        if serde_json::from_slice::<serde_json::Value>(&body)
-            .is_ok_and(|v| v.get("error").is_some())
+        // Some backends answer a stream request with a JSON error and status 200. Only a
+        // bounded prefix is read, within the idle and total timeouts: this body is never
+        // relayed, and an unbounded read would buffer whatever the upstream sends (or wait on a
+        // stalled body until the total timeout).
+        let (body, cut) = read_limited(resp, NON_SSE_LIMIT, p.cfg.timeouts.idle, deadline).await?;
+        if !cut
+            && serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v.get("error").is_some())
         {
             return Err(AttemptError::ErrorBody {
                 status: status.as_u16(),

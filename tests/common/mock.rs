@@ -5,8 +5,9 @@
 //! truncated bodies, garbage, byte-by-byte drip, stalled or abruptly dropped SSE streams.
 //!
 //! Routing:
-//! * every `POST` (any path) consumes the next queued [`Step`] (FIFO), or the default step when the
-//!   queue is empty (initially `Step::ok_chat("Hello from mock")`);
+//! * every `POST` (any path) consumes the next queued [`Step`] (FIFO); when the queue is empty the
+//!   responder chooses one ([`MockUpstream::set_responder`]), else the default step answers
+//!   (initially `Step::ok_chat("Hello from mock")`);
 //! * `GET …/models` (e.g. `/v1/models`) and `GET /api/tags` serve the model list from
 //!   [`MockUpstream::set_models`] without consuming steps; `GET /api/version` answers a version;
 //! * anything else gets an OpenAI-shaped 404.
@@ -138,6 +139,10 @@ pub struct Step {
     drip: Option<Duration>,
     crlf: bool,
     split: bool,
+    /// End with a TCP reset instead of a FIN where this step closes the connection.
+    rst: bool,
+    /// Where this step would close the connection, keep it open until the client closes it.
+    hold: bool,
 }
 
 impl Step {
@@ -152,6 +157,8 @@ impl Step {
             drip: None,
             crlf: false,
             split: false,
+            rst: false,
+            hold: false,
         }
     }
 
@@ -273,6 +280,22 @@ impl Step {
     /// Use `\r\n` line endings in SSE framing.
     pub fn crlf(mut self) -> Step {
         self.crlf = true;
+        self
+    }
+
+    /// Where the step ends the connection early (after [`Step::raw`] bytes, a
+    /// [`Step::truncated`] body, or [`SseEv::Drop`]), reset it (SO_LINGER 0 → RST) instead of
+    /// closing it cleanly: "reset after headers" is `truncated(0).rst()`, "reset mid-body" is
+    /// `truncated(n).rst()`, "reset mid-stream" is an `SseEv::Drop` in a `.rst()` stream.
+    pub fn rst(mut self) -> Step {
+        self.rst = true;
+        self
+    }
+
+    /// Where the step ends the connection early (as for [`Step::rst`]), keep the socket open
+    /// and silent until the client closes it instead: "hang mid-body" is `truncated(n).hold()`.
+    pub fn hold(mut self) -> Step {
+        self.hold = true;
         self
     }
 
@@ -468,8 +491,12 @@ impl Kind {
 // The server
 // ---------------------------------------------------------------------------------------------
 
+/// Chooses the step for a POST (see [`MockUpstream::set_responder`]).
+pub type Responder = Arc<dyn Fn(&Recorded) -> Step + Send + Sync>;
+
 struct Shared {
     queue: Mutex<VecDeque<Step>>,
+    responder: Mutex<Option<Responder>>,
     default: Mutex<Step>,
     models: Mutex<Vec<String>>,
     models_step: Mutex<Option<Step>>,
@@ -493,8 +520,14 @@ impl Shared {
     fn route(&self, req: &Recorded) -> Step {
         lock(&self.requests).push(req.clone());
         if req.method == "POST" {
-            let next = lock(&self.queue).pop_front();
-            return next.unwrap_or_else(|| lock(&self.default).clone());
+            if let Some(next) = lock(&self.queue).pop_front() {
+                return next;
+            }
+            let responder = lock(&self.responder).clone();
+            if let Some(f) = responder {
+                return f(req);
+            }
+            return lock(&self.default).clone();
         }
         let tags = req.path == "/api/tags";
         if req.method == "GET" && (tags || req.path.ends_with("/models")) {
@@ -561,6 +594,7 @@ impl MockUpstream {
         let addr = listener.local_addr().expect("mock local addr");
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
+            responder: Mutex::new(None),
             default: Mutex::new(Step::ok_chat("Hello from mock")),
             models: Mutex::new(vec![MOCK_MODEL.to_string()]),
             models_step: Mutex::new(None),
@@ -602,6 +636,12 @@ impl MockUpstream {
     /// Step used for POSTs when the queue is empty.
     pub fn set_default(&self, step: Step) {
         *lock(&self.shared.default) = step;
+    }
+
+    /// Let `f` choose the step for every POST the queue does not answer (instead of the default
+    /// step), e.g. random faults; `None` restores the default step.
+    pub fn set_responder(&self, f: Option<Responder>) {
+        *lock(&self.shared.responder) = f;
     }
 
     /// Models served by `GET …/models` and `GET /api/tags`.
@@ -939,6 +979,18 @@ impl Conn {
         self.write(head.as_bytes()).await
     }
 
+    /// The step closes the connection early here: hold it open (`hold`), reset it (`rst`), or
+    /// let the caller close it.
+    async fn end_early(&mut self, step: &Step) -> Result<bool, ClientGone> {
+        if step.hold {
+            return Err(self.wait_eof().await);
+        }
+        if step.rst {
+            let _ = self.stream.set_zero_linger();
+        }
+        Ok(false)
+    }
+
     /// Execute `step` for `req`. `Ok(keep_alive)`, or `Err` when the client went away mid-answer.
     async fn respond(
         &mut self,
@@ -962,7 +1014,7 @@ impl Conn {
             None => Ok(false),
             Some(Payload::Raw(bytes)) => {
                 self.write_pieces(&bytes, step, false).await?;
-                Ok(false)
+                self.end_early(step).await
             }
             Some(Payload::Full { content_type, body }) => {
                 let defaults = vec![
@@ -975,7 +1027,10 @@ impl Conn {
                 }
                 let n = step.truncate.map_or(body.len(), |n| n.min(body.len()));
                 self.write_pieces(&body[..n], step, false).await?;
-                Ok(step.truncate.is_none() && !close_after)
+                if step.truncate.is_some() {
+                    return self.end_early(step).await;
+                }
+                Ok(!close_after)
             }
             Some(Payload::Stream(events)) => {
                 let defaults = vec![
@@ -992,7 +1047,7 @@ impl Conn {
                     match ev {
                         SseEv::Delay(d) => self.pause(*d).await?,
                         SseEv::Stall => return Err(self.wait_eof().await),
-                        SseEv::Drop => return Ok(false),
+                        SseEv::Drop => return self.end_early(step).await,
                         _ => {
                             let text = ev.render(nl).unwrap_or_default();
                             self.write_pieces(text.as_bytes(), step, true).await?;
