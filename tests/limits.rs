@@ -642,7 +642,7 @@ mod many {
     }
 
     async fn wait_fds(pid: i32, ok: impl Fn(usize) -> bool, what: &str) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let n = open_fds(pid);
             if ok(n) {
