@@ -533,6 +533,33 @@ async fn relays_chunk_by_chunk_without_buffering() {
     assert!(at[4] - at[0] >= ms(700), "{at:?}");
 }
 
+/// After `[DONE]` the proxy reads the rest of the upstream body (the chunked terminator) so the
+/// connection goes back to the pool: sequential streams share one upstream connection instead
+/// of paying a new handshake each.
+#[tokio::test]
+async fn sequential_streams_reuse_the_upstream_connection() {
+    let a = MockUpstream::start().await;
+    for _ in 0..3 {
+        // The body's end comes a little after `[DONE]`, as over a real network.
+        let mut evs = Step::chat_stream(&["a", "b"]);
+        evs.push(SseEv::Delay(ms(20)));
+        a.push(Step::sse(evs));
+    }
+    let p = Proxy::start(&one(&a.url(), "")).await;
+    for i in 0..3 {
+        let s = stream(&p, stream_body("m")).await;
+        s.assert_clean("ab", &format!("stream {i}"));
+        // Give the background read of the body's end (20 ms away) time before the next request.
+        tokio::time::sleep(ms(300)).await;
+    }
+    assert_eq!(a.hits(), 3);
+    assert_eq!(
+        a.connections_opened(),
+        1,
+        "each stream opened its own upstream connection"
+    );
+}
+
 /// Back-to-back upstream events must not be held back either: no write coalescing, no Nagle
 /// delay on the client socket (which would hold every small write after the first until the
 /// client's delayed ACK, ~40 ms on Linux).

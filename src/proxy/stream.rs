@@ -22,6 +22,9 @@ use std::time::Instant;
 /// How much of a non-SSE answer to a stream request is read to look for an error object.
 const NON_SSE_LIMIT: usize = 1 << 20;
 
+/// How long the end of an upstream body is awaited after `[DONE]` to keep its connection.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 type EventStream =
     Pin<Box<dyn Stream<Item = Result<SseEvent, StreamError<reqwest::Error>>> + Send>>;
 
@@ -421,6 +424,7 @@ impl Relay {
                         Chunk::Error(m) => return self.fail(&format!("upstream error: {m}")),
                         Chunk::Done => {
                             self.done = true;
+                            self.release_connection();
                             return ev.raw;
                         }
                         Chunk::UsageOnly(_) if !self.include_usage => continue,
@@ -433,6 +437,17 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// After `[DONE]` the upstream body usually still owes its end (the last chunk of a chunked
+    /// body). Reading it lets the connection go back to the pool; dropping the body unread would
+    /// close it, and the next request would pay for a new TCP (and TLS) handshake. The end is
+    /// read in the background, for at most [`DRAIN_WAIT`], so the client's stream ends at once.
+    fn release_connection(&mut self) {
+        let rest = std::mem::replace(&mut self.events, Box::pin(futures::stream::empty()));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(DRAIN_WAIT, rest.for_each(|_| async {})).await;
+        });
     }
 
     fn fail(&mut self, message: &str) -> Bytes {
