@@ -186,6 +186,19 @@ mod tests {
     }
 
     #[test]
+    fn semantic_error_has_a_position_when_the_source_map_gives_up() {
+        // Found by the `config` fuzz target: yaml-rust2 (source map) rejects this file early,
+        // serde_yaml accepts it, and the "unknown provider" error used to have no position.
+        let text = include_str!(
+            "../../fuzz/regressions/config/crash-b7b79fbaf7540fa0a0eee59cad8b39e3189aa392"
+        );
+        let env = Env::from_pairs(Vec::<(String, String)>::new());
+        let e = load_str(text, "c.yaml", &env).expect_err("unknown provider");
+        assert!(e.message.contains("unknown provider"), "{e}");
+        assert!(e.pos.is_some(), "{e}");
+    }
+
+    #[test]
     fn did_you_mean_rewrites_serde_message() {
         let m = improve_message(
             "providers[0]: unknown field `priorty`, expected one of `name`, `kind`, `priority`",
