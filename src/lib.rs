@@ -11,6 +11,9 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+/// Property checks for the fuzz targets in `fuzz/` and `tests/fuzz_corpus.rs`.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -2,7 +2,7 @@
 //! positions, and precise `file:line:col: message` errors.
 
 use super::schema::RawConfig;
-use super::source::{expand_env, Pos, SourceMap};
+use super::source::{expand_env, second_document, Pos, SourceMap};
 use super::{defaults, validate, Config};
 use std::collections::HashMap;
 use std::fmt;
@@ -102,25 +102,31 @@ pub fn load_str(text: &str, file: &str, env: &Env) -> Result<Config, ConfigError
         RawConfig::default()
     } else {
         serde_yaml::from_str::<Option<RawConfig>>(&expanded)
-            .map_err(|e| yaml_error(file, &e))?
+            .map_err(|e| yaml_error(file, &expanded, &e))?
             .unwrap_or_default()
     };
     let map = SourceMap::build(&expanded);
     validate::validate(raw, &map, file, env)
 }
 
-fn yaml_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
-    let pos = e.location().map(|l| Pos {
-        line: l.line(),
-        col: l.column(),
-    });
+fn yaml_error(file: &str, text: &str, e: &serde_yaml::Error) -> ConfigError {
+    // serde_yaml has no location for some whole-file errors (several documents, the alias
+    // expansion limit): point at the second document, else at the start of the file.
+    let pos = e
+        .location()
+        .map(|l| Pos {
+            line: l.line(),
+            col: l.column(),
+        })
+        .or_else(|| second_document(text))
+        .unwrap_or(Pos { line: 1, col: 1 });
     let mut msg = e.to_string();
     if let Some(i) = msg.find(" at line ") {
         msg.truncate(i);
     }
     ConfigError {
         file: file.to_string(),
-        pos,
+        pos: Some(pos),
         message: improve_message(&msg),
     }
 }
@@ -166,6 +172,31 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_documents_error_points_at_the_second() {
+        // Found by the `config` fuzz target: this error used to have no position.
+        let env = Env::from_pairs(Vec::<(String, String)>::new());
+        let e = load_str("log_level: info\n---\nlog_level: debug\n", "c.yaml", &env)
+            .expect_err("two documents");
+        assert_eq!(e.pos, Some(Pos { line: 2, col: 1 }), "{e}");
+        assert!(e.to_string().starts_with("c.yaml:2:1: "), "{e}");
+        let e = load_str("a: [1\n", "c.yaml", &env).expect_err("syntax error");
+        assert!(e.pos.is_some(), "{e}");
+    }
+
+    #[test]
+    fn semantic_error_has_a_position_when_the_source_map_gives_up() {
+        // Found by the `config` fuzz target: yaml-rust2 (source map) rejects this file early,
+        // serde_yaml accepts it, and the "unknown provider" error used to have no position.
+        let text = include_str!(
+            "../../fuzz/regressions/config/crash-b7b79fbaf7540fa0a0eee59cad8b39e3189aa392"
+        );
+        let env = Env::from_pairs(Vec::<(String, String)>::new());
+        let e = load_str(text, "c.yaml", &env).expect_err("unknown provider");
+        assert!(e.message.contains("unknown provider"), "{e}");
+        assert!(e.pos.is_some(), "{e}");
+    }
 
     #[test]
     fn did_you_mean_rewrites_serde_message() {

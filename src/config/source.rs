@@ -157,6 +157,22 @@ fn join(parent: &str, child: &str) -> String {
     }
 }
 
+/// Where the second YAML document of `text` starts, if it has more than one.
+pub fn second_document(text: &str) -> Option<Pos> {
+    struct Docs(Vec<Pos>);
+    impl MarkedEventReceiver for Docs {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if matches!(ev, Event::DocumentStart) {
+                self.0.push(pos(&mark));
+            }
+        }
+    }
+    let mut docs = Docs(Vec::new());
+    let mut parser = Parser::new_from_str(text);
+    let _ = parser.load(&mut docs, true);
+    docs.0.get(1).copied()
+}
+
 fn pos(m: &Marker) -> Pos {
     // yaml-rust2 markers: line is 1-based, col is 0-based.
     Pos {

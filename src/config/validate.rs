@@ -4,7 +4,7 @@
 
 use super::load::{did_you_mean, ConfigError, Env};
 use super::schema::{RawAlias, RawConfig, RawProvider, RetryOnEntry};
-use super::source::SourceMap;
+use super::source::{Pos, SourceMap};
 use super::{
     Alias, BreakerConfig, Cache, Config, Failover, HealthCheck, ProviderConfig, RetryOn, Secret,
     Target, Timeouts, Traces,
@@ -26,18 +26,23 @@ struct Ctx<'a> {
     file: &'a str,
 }
 
+/// Where an error points when the source map cannot place its path: on some malformed files
+/// yaml-rust2 (the source map) stops early while serde_yaml still parses them (found by the
+/// `config` fuzz target), so the error points at the start of the file rather than nowhere.
+const UNMAPPED: Pos = Pos { line: 1, col: 1 };
+
 impl Ctx<'_> {
     fn at(&self, path: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.to_string(),
-            pos: self.map.value(path),
+            pos: Some(self.map.value(path).unwrap_or(UNMAPPED)),
             message: message.into(),
         }
     }
     fn at_key(&self, path: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.to_string(),
-            pos: self.map.key(path),
+            pos: Some(self.map.key(path).unwrap_or(UNMAPPED)),
             message: message.into(),
         }
     }

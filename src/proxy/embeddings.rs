@@ -31,7 +31,7 @@ pub async fn embeddings(
 }
 
 /// The fields an embeddings request must have, checked before anything is sent.
-fn parse(bytes: &[u8]) -> Result<(RawObject<'_>, String), ApiError> {
+pub fn parse(bytes: &[u8]) -> Result<(RawObject<'_>, String), ApiError> {
     let obj = RawObject::parse(bytes)?;
     let model = match obj
         .get("model")

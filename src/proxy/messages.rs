@@ -36,18 +36,23 @@ pub async fn messages(State(st): State<Arc<AppState>>, headers: HeaderMap, body:
     resp
 }
 
-async fn handle(
-    st: &AppState,
-    rt: &super::state::Runtime,
-    headers: &HeaderMap,
-    body: Body,
-    meta: &mut Meta,
-) -> Result<Response, ApiError> {
-    let auth = authenticate(&rt.config, headers)?;
-    let bytes = read_body(headers, body, rt.config.max_body_size).await?;
-    let obj = RawObject::parse(&bytes)?;
+/// What a `/v1/messages` body must carry, checked before anything is sent.
+#[derive(Debug)]
+pub struct MessagesRequest<'a> {
+    /// The body as received (passed through to Anthropic providers, `model` replaced).
+    pub obj: RawObject<'a>,
+    /// The parsed tree (translated for OpenAI-wire providers).
+    pub tree: Value,
+    pub model: String,
+    pub stream: bool,
+}
+
+/// Parses and validates a `/v1/messages` body: a JSON object with a non-empty string `model`
+/// and a non-empty `messages` array.
+pub fn parse_request(bytes: &[u8]) -> Result<MessagesRequest<'_>, ApiError> {
+    let obj = RawObject::parse(bytes)?;
     let tree: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let model = match tree.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
         Some(_) => {
@@ -73,6 +78,29 @@ async fn handle(
         }
     }
     let stream = tree.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    Ok(MessagesRequest {
+        obj,
+        tree,
+        model,
+        stream,
+    })
+}
+
+async fn handle(
+    st: &AppState,
+    rt: &super::state::Runtime,
+    headers: &HeaderMap,
+    body: Body,
+    meta: &mut Meta,
+) -> Result<Response, ApiError> {
+    let auth = authenticate(&rt.config, headers)?;
+    let bytes = read_body(headers, body, rt.config.max_body_size).await?;
+    let MessagesRequest {
+        obj,
+        tree,
+        model,
+        stream,
+    } = parse_request(&bytes)?;
     let mut trace = PendingTrace::new(
         st.traces.clone(),
         TraceRecord::new(meta.trace_id.clone(), &model, stream),

@@ -1,0 +1,6 @@
+#![no_main]
+//! See `stockyard::fuzzing::sse` for the properties checked.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| stockyard::fuzzing::sse(data));

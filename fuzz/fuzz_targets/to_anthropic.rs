@@ -1,0 +1,6 @@
+#![no_main]
+//! See `stockyard::fuzzing::to_anthropic` for the properties checked.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| stockyard::fuzzing::to_anthropic(data));
