@@ -675,6 +675,7 @@ fn main() {
             match t.met {
                 Some(true) => "MET",
                 Some(false) => "MISSED",
+                None if t.measured != "-" => "(no target)",
                 None => "not run",
             }
         ));

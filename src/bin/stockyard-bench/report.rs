@@ -327,6 +327,7 @@ pub fn markdown(r: &Results) -> String {
         let met = match t.met {
             Some(true) => "yes",
             Some(false) => "**no**",
+            None if t.measured != "-" => "n/a",
             None => "not run",
         };
         let _ = writeln!(
