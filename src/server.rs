@@ -265,7 +265,7 @@ async fn serve(
             header_read_timeout,
             shut: shut_rx.clone(),
             _close: close_rx.clone(),
-            _open: Open::new(&open),
+            _open: Active::new(&open),
         };
         tokio::spawn(conn.run(tcp));
     }
@@ -290,22 +290,6 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// One open client connection (counted while it exists).
-struct Open(Arc<AtomicUsize>);
-
-impl Open {
-    fn new(n: &Arc<AtomicUsize>) -> Open {
-        n.fetch_add(1, Ordering::SeqCst);
-        Open(n.clone())
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// Everything one connection task needs.
 struct Conn {
     app: axum::Router,
@@ -314,7 +298,8 @@ struct Conn {
     shut: watch::Receiver<bool>,
     /// Held until the connection closes; the accept loop waits for every one to drop.
     _close: watch::Receiver<()>,
-    _open: Open,
+    /// Counts the open client connection while it exists.
+    _open: Active,
 }
 
 impl Conn {
@@ -429,7 +414,8 @@ impl Drop for Slot {
     }
 }
 
-/// Counts one request from the start of its handler to the end of its response body.
+/// Counts something while it exists: one request from the start of its handler to the end of
+/// its response body, or one open client connection.
 struct Active(Arc<AtomicUsize>);
 
 impl Active {
