@@ -127,6 +127,14 @@ impl Cdp {
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("{method} failed: {e}"),
+        }
+    }
+
+    /// [`Cdp::call`], with a DevTools error returned instead of panicking.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next += 1;
         let id = self.next;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -152,9 +160,9 @@ impl Cdp {
             };
             if v["id"].as_u64() == Some(id) {
                 if let Some(e) = v.get("error") {
-                    panic!("{method} failed: {e}");
+                    return Err(e.clone());
                 }
-                return v["result"].clone();
+                return Ok(v["result"].clone());
             }
             self.event(&v);
         }
@@ -204,7 +212,26 @@ impl Cdp {
     async fn wait_for(&mut self, what: &str, expr: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.eval(expr).await;
+            let params = json!({"expression": expr, "returnByValue": true, "awaitPromise": true});
+            let v = match self.try_call("Runtime.evaluate", params).await {
+                Ok(r) => {
+                    if let Some(d) = r.get("exceptionDetails") {
+                        panic!("page script failed: {d}\n{expr}");
+                    }
+                    r["result"]["value"].clone()
+                }
+                // The page is (re)loading: its old context is gone; ask again.
+                Err(e)
+                    if e["message"].as_str().is_some_and(|m| {
+                        m.contains("navigated or closed")
+                            || m.contains("context was destroyed")
+                            || m.contains("Cannot find context")
+                    }) =>
+                {
+                    Value::Null
+                }
+                Err(e) => panic!("Runtime.evaluate failed: {e}"),
+            };
             let truthy = match &v {
                 Value::Null => false,
                 Value::Bool(b) => *b,
