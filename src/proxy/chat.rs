@@ -565,13 +565,36 @@ pub fn validate_chat_json(status: u16, body: &[u8]) -> Result<Option<Usage>, Att
     let probe: CompletionProbe = serde_json::from_slice(body).map_err(|e| {
         AttemptError::Malformed(format!("body is not a chat completion JSON object ({e})"))
     })?;
-    match (probe.choices, probe.error) {
-        (Some(_), _) => Ok(probe.usage.map(Usage::from)),
-        (None, Some(_)) => Err(AttemptError::ErrorBody {
+    answer_verdict(
+        status,
+        body,
+        "choices",
+        probe.choices.is_some(),
+        probe.error.is_some(),
+        probe.usage,
+    )
+}
+
+/// The verdict on a parsed 2xx answer: with its main field (`choices`, `data`) it is an answer
+/// (with its usage); without it, an `error` makes it an upstream failure, and anything else is
+/// malformed.
+pub fn answer_verdict(
+    status: u16,
+    body: &[u8],
+    field: &str,
+    has_field: bool,
+    has_error: bool,
+    usage: Option<UsageJson>,
+) -> Result<Option<Usage>, AttemptError> {
+    match (has_field, has_error) {
+        (true, _) => Ok(usage.map(Usage::from)),
+        (false, true) => Err(AttemptError::ErrorBody {
             status,
             body: Bytes::copy_from_slice(&body[..body.len().min(4096)]),
         }),
-        (None, None) => Err(AttemptError::Malformed("response has no `choices`".into())),
+        (false, false) => Err(AttemptError::Malformed(format!(
+            "response has no `{field}`"
+        ))),
     }
 }
 

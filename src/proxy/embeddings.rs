@@ -136,12 +136,12 @@ pub fn validate_embeddings(status: u16, body: &[u8]) -> Result<Option<Usage>, At
     let probe: EmbeddingsProbe = serde_json::from_slice(body).map_err(|e| {
         AttemptError::Malformed(format!("body is not an embeddings JSON object ({e})"))
     })?;
-    match (probe.data, probe.error) {
-        (Some(_), _) => Ok(probe.usage.map(Usage::from)),
-        (None, Some(_)) => Err(AttemptError::ErrorBody {
-            status,
-            body: Bytes::copy_from_slice(&body[..body.len().min(4096)]),
-        }),
-        (None, None) => Err(AttemptError::Malformed("response has no `data`".into())),
-    }
+    super::chat::answer_verdict(
+        status,
+        body,
+        "data",
+        probe.data.is_some(),
+        probe.error.is_some(),
+        probe.usage,
+    )
 }
