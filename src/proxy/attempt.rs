@@ -356,11 +356,7 @@ where
         Err(_) => Err(AttemptError::TotalTimeout(total)),
     };
     // An upstream that echoes the key it was sent must not hand it on.
-    result.map_err(|e| {
-        let configured = p.cfg.api_key.as_ref().map(|k| k.expose());
-        let secrets: Vec<&str> = configured.into_iter().chain(call.key).collect();
-        e.redact(&secrets)
-    })
+    result.map_err(|e| e.redact(&p.secrets(call.key)))
 }
 
 /// An attempt in flight: its row in `attempts` and when it started.

@@ -143,6 +143,12 @@ impl ProviderRuntime {
         }
     }
 
+    /// The keys an upstream must not hand on: the configured one and the client's own (BYOK).
+    pub fn secrets<'a>(&'a self, byok: Option<&'a str>) -> Vec<&'a str> {
+        let configured = self.cfg.api_key.as_ref().map(|k| k.expose());
+        configured.into_iter().chain(byok).collect()
+    }
+
     pub fn auth(&self) -> Option<&(HeaderName, HeaderValue)> {
         self.auth.as_ref()
     }

@@ -452,8 +452,7 @@ impl Relay {
 
     fn fail(&mut self, message: &str) -> Bytes {
         // An upstream that echoes the key it was sent must not hand it on.
-        let configured = self.provider.cfg.api_key.as_ref().map(|k| k.expose());
-        let secrets: Vec<&str> = configured.into_iter().chain(self.byok.as_deref()).collect();
+        let secrets = self.provider.secrets(self.byok.as_deref());
         let message = &crate::proxy::classify::redact_text(message, &secrets);
         self.done = true;
         self.error = Some(message.to_string());
