@@ -80,15 +80,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, hyper::HeaderMap,
         .body(Full::new(Bytes::new()))
         .expect("request");
     let resp = c.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, headers, body))
+    collect(resp).await
 }
 
 /// One request to `t` on a fresh connection, with its answer.
@@ -98,6 +90,13 @@ pub async fn once(t: &Target) -> Result<(u16, hyper::HeaderMap, Bytes), String> 
         .send_request(t.request())
         .await
         .map_err(|e| e.to_string())?;
+    collect(resp).await
+}
+
+/// Status, headers and the whole body of an answer.
+async fn collect(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp

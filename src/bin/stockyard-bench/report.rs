@@ -498,37 +498,30 @@ pub fn markdown(r: &Results) -> String {
     }
     if r.total_errors > 0 {
         let _ = writeln!(s, "\n## Errors ({} in all)\n", r.total_errors);
-        let mut kinds: Vec<(String, &std::collections::BTreeMap<String, u64>)> = Vec::new();
-        for l in &r.closed_loop {
-            kinds.push((
-                format!("closed c={} direct", l.concurrency),
-                &l.direct.error_kinds,
-            ));
-            kinds.push((
-                format!("closed c={} Stockyard", l.concurrency),
-                &l.stockyard.error_kinds,
-            ));
-        }
-        for l in &r.open_loop {
-            kinds.push((
-                format!("open {:.0} req/s direct", l.rate),
-                &l.direct.error_kinds,
-            ));
-            kinds.push((
-                format!("open {:.0} req/s Stockyard", l.rate),
-                &l.stockyard.error_kinds,
-            ));
-        }
-        for l in &r.streams {
-            kinds.push((
-                format!("streams c={} direct", l.concurrency),
-                &l.direct.error_kinds,
-            ));
-            kinds.push((
-                format!("streams c={} Stockyard", l.concurrency),
-                &l.stockyard.error_kinds,
-            ));
-        }
+        type Kinds = std::collections::BTreeMap<String, u64>;
+        // (run, direct side's errors, Stockyard side's errors)
+        let runs: Vec<(String, &Kinds, &Kinds)> = r
+            .closed_loop
+            .iter()
+            .map(|l| {
+                let run = format!("closed c={}", l.concurrency);
+                (run, &l.direct.error_kinds, &l.stockyard.error_kinds)
+            })
+            .chain(r.open_loop.iter().map(|l| {
+                let run = format!("open {:.0} req/s", l.rate);
+                (run, &l.direct.error_kinds, &l.stockyard.error_kinds)
+            }))
+            .chain(r.streams.iter().map(|l| {
+                let run = format!("streams c={}", l.concurrency);
+                (run, &l.direct.error_kinds, &l.stockyard.error_kinds)
+            }))
+            .collect();
+        let kinds = runs.iter().flat_map(|(run, d, st)| {
+            [
+                (format!("{run} direct"), *d),
+                (format!("{run} Stockyard"), *st),
+            ]
+        });
         for (run, k) in kinds {
             for (msg, n) in k {
                 let _ = writeln!(s, "* {run}: {n} × `{msg}`");
