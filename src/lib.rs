@@ -26,3 +26,4 @@ pub mod server;
 pub mod service;
 pub mod sse;
 pub mod traces;
+pub mod workers;

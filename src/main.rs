@@ -28,6 +28,19 @@ fn serve(path: Option<&std::path::Path>) -> i32 {
             None
         }
     };
+    // Client connections are served on per-core worker threads (src/workers.rs);
+    // STOCKYARD_WORKERS=N sets their number, 0 serves them on the main runtime instead.
+    let workers = match std::env::var("STOCKYARD_WORKERS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => {
+                eprintln!("STOCKYARD_WORKERS must be a whole number, got `{v}`");
+                return 2;
+            }
+        },
+        Err(_) => Some(stockyard::workers::Workers::default_count()),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,6 +58,7 @@ fn serve(path: Option<&std::path::Path>) -> i32 {
         let opts = StartOptions {
             source: Some(source),
             notifier: notifier.clone(),
+            workers,
         };
         let signals = match stockyard::service::Signals::install() {
             Ok(s) => s,

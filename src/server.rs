@@ -13,6 +13,7 @@ use crate::notify::Notifier;
 use crate::proxy::{self, state::AppState};
 use crate::reload::{ConfigSource, Reloader};
 use crate::traces::{TraceSink, TraceWriter};
+use crate::workers::Workers;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
@@ -39,6 +40,9 @@ pub struct StartOptions {
     pub source: Option<ConfigSource>,
     /// systemd notifications for reloads (`RELOADING=1` / `READY=1`).
     pub notifier: Option<Arc<Notifier>>,
+    /// Serve client connections on this many per-core worker threads ([`crate::workers`]);
+    /// `None` serves them on the caller's runtime (what in-process tests do).
+    pub workers: Option<usize>,
 }
 
 /// How a drain ended.
@@ -186,6 +190,11 @@ pub async fn start_with(
         None => TcpListener::bind(config.listen).await?,
     };
     let addr = listener.local_addr()?;
+    // Before the providers' runtime state is built: upstream clients keep one pool per worker.
+    let workers = match opts.workers {
+        Some(n) => Some(Workers::start(n)?),
+        None => None,
+    };
     let source = opts.source.unwrap_or_else(|| ConfigSource::of(&config));
     let (sink, writer, db_path) = start_traces(&config);
     let cache_on = config.cache.enabled;
@@ -214,7 +223,14 @@ pub async fn start_with(
         .layer(middleware::from_fn_with_state(guard, track_request));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let connections = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(serve(listener, app, state.clone(), rx, connections.clone()));
+    let task = tokio::spawn(serve(
+        listener,
+        app,
+        state.clone(),
+        rx,
+        connections.clone(),
+        workers,
+    ));
     Ok(Running {
         addr,
         state,
@@ -234,13 +250,15 @@ pub async fn start_with(
 /// a complete request head within `header_read_timeout` (slowloris), and an idle keep-alive
 /// connection is closed after the same time. When `stop` fires the listener is closed, every
 /// connection is asked to close once its current request is answered (idle ones close at once),
-/// and the loop returns when the last connection has closed.
+/// and the loop returns when the last connection has closed. With `workers`, each connection is
+/// handed to a per-core worker thread (round-robin) and lives there until it closes.
 async fn serve(
     listener: TcpListener,
     app: axum::Router,
     state: Arc<AppState>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     open: Arc<AtomicUsize>,
+    workers: Option<Workers>,
 ) -> std::io::Result<()> {
     let (shut_tx, shut_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(());
@@ -267,7 +285,19 @@ async fn serve(
             _close: close_rx.clone(),
             _open: Active::new(&open),
         };
-        tokio::spawn(conn.run(tcp));
+        match &workers {
+            Some(w) => match tcp.into_std() {
+                Ok(std) => {
+                    if let Err(job) = w.dispatch(move || Box::pin(conn.run_std(std))) {
+                        tokio::spawn(job());
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker"),
+            },
+            None => {
+                tokio::spawn(conn.run(tcp));
+            }
+        }
     }
     drop(listener);
     let _ = shut_tx.send(true);
@@ -303,6 +333,16 @@ struct Conn {
 }
 
 impl Conn {
+    /// [`Conn::run`] for a connection accepted on another runtime.
+    async fn run_std(self, tcp: std::net::TcpStream) {
+        match tokio::net::TcpStream::from_std(tcp) {
+            Ok(tcp) => self.run(tcp).await,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "cannot register the connection on its worker")
+            }
+        }
+    }
+
     async fn run(mut self, tcp: tokio::net::TcpStream) {
         use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -37,10 +37,12 @@ pub enum SendError {
     Transport(String),
 }
 
-/// A pooled HTTP/1.1 + HTTP/2 (by ALPN) client for one provider.
+/// A pooled HTTP/1.1 + HTTP/2 (by ALPN) client for one provider: one pool per connection
+/// worker ([`crate::workers`]), so a request only ever uses upstream connections driven by its
+/// own thread.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<Connector, Full<Bytes>>,
+    clients: std::sync::Arc<[Client<Connector, Full<Bytes>>]>,
 }
 
 impl Upstream {
@@ -55,12 +57,22 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            .build(https);
-        Upstream { client }
+        let clients = (0..crate::workers::pools())
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(POOL_IDLE)
+                    .pool_max_idle_per_host(POOL_MAX_IDLE)
+                    .build(https.clone())
+            })
+            .collect();
+        Upstream { clients }
+    }
+
+    /// This thread's client (its worker's pool; the shared one off the workers).
+    fn client(&self) -> &Client<Connector, Full<Bytes>> {
+        let i = crate::workers::current();
+        self.clients.get(i).unwrap_or(&self.clients[0])
     }
 
     /// Sends a POST of `body` to `uri` with `headers` and returns once response headers arrive.
@@ -81,7 +93,7 @@ impl Upstream {
         for (name, value) in headers {
             h.insert(name, value);
         }
-        match self.client.request(req).await {
+        match self.client().request(req).await {
             Ok(resp) => Ok(reqwest::Response::from(resp.map(reqwest::Body::wrap))),
             Err(e) => Err(classify(&e)),
         }

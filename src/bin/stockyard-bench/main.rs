@@ -7,6 +7,7 @@
 //! of skipping an open circuit, and an RSS leak check. Results go to `<out-dir>/results.md`,
 //! `results.json` and `latency.svg`.
 
+mod bare;
 mod child;
 mod load;
 mod mock;
@@ -424,6 +425,10 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("serve") {
+        bare::main(&argv[2..]);
+    }
     let started = Instant::now();
     let plan = Plan::from(Args::parse());
     log("starting");
