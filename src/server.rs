@@ -292,7 +292,9 @@ async fn serve(
                         tokio::spawn(job());
                     }
                 }
-                Err(e) => tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker"),
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker")
+                }
             },
             None => {
                 tokio::spawn(conn.run(tcp));

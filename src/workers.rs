@@ -131,13 +131,17 @@ mod tests {
                     tx.send((name, current())).unwrap();
                 })
             })
-            .unwrap();
+            .unwrap_or_else(|_| panic!("worker stopped"));
         }
         drop(tx);
         drop(w);
         let mut got: Vec<(String, usize)> = rx.iter().collect();
         got.sort();
-        assert_eq!(got.len(), 4, "every job ran to the end after the pool was dropped");
+        assert_eq!(
+            got.len(),
+            4,
+            "every job ran to the end after the pool was dropped"
+        );
         assert!(got.iter().all(|(_, i)| *i >= 1));
         let threads: std::collections::BTreeSet<_> = got.iter().map(|(n, _)| n.clone()).collect();
         assert_eq!(threads.len(), 2, "{got:?}");

@@ -56,6 +56,9 @@ impl Proxy {
                 env,
             }),
             notifier: None,
+            // Connections on this test's runtime (the binary uses per-core workers; tests that
+            // start the binary cover those).
+            workers: None,
         };
         let running = stockyard::server::start_with(cfg, Some(listener), opts)
             .await

@@ -83,7 +83,8 @@ struct Args {
     /// Connections for the leak check [default 64; quick 4].
     #[arg(long)]
     leak_concurrency: Option<usize>,
-    /// Sections to skip: closed, open, streams, hops, leak.
+    /// Sections to skip: closed, yardstick (the bare forwarder in the closed loop), open,
+    /// streams, hops, leak.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Worker threads of the load generator's runtime.
@@ -369,6 +370,20 @@ struct Bench {
 }
 
 impl Bench {
+    /// The bare forwarder (bare.rs): this binary, started the way Stockyard is.
+    fn spawn_bare(&self) -> Stockyard {
+        let url = self.mock.url();
+        let me = std::env::current_exe().unwrap_or_else(|e| fail(&format!("current exe: {e}")));
+        let mut p = Stockyard::spawn(&me, "bare", &[], |port, data| {
+            main_yaml("info", false, &url, port, data)
+        })
+        .unwrap_or_else(|e| fail(&e));
+        self.rt
+            .block_on(p.wait_ready(Duration::from_secs(15)))
+            .unwrap_or_else(|e| fail(&e));
+        p
+    }
+
     fn spawn_main(&self, name: &str) -> Stockyard {
         let url = self.mock.url();
         let ll = self.plan.log_level.clone();
@@ -384,15 +399,18 @@ impl Bench {
         p
     }
 
-    /// Closed-loop runs at one level, alternating direct and Stockyard `rounds` times.
-    fn closed_pair(
+    /// Closed-loop runs at one level, alternating direct, Stockyard and (when given) the bare
+    /// forwarder `rounds` times, rotating which goes first.
+    fn closed_runs(
         &self,
         direct: &Arc<Target>,
         proxy: &Arc<Target>,
         p: &Stockyard,
+        bare: Option<(&Arc<Target>, &Stockyard)>,
         conc: usize,
-    ) -> (Stats, Stats) {
+    ) -> (Stats, Stats, Option<Stats>) {
         let (mut d, mut s) = (Stats::default(), Stats::default());
+        let mut b = bare.map(|_| Stats::default());
         for round in 0..self.plan.rounds {
             let run = |t: &Arc<Target>, pid: Option<u32>| {
                 self.rt.block_on(load::closed(
@@ -404,18 +422,22 @@ impl Bench {
                     pid,
                 ))
             };
-            // Alternate which goes first, so neither always runs on a warmer machine.
             // For direct runs, the CPU of this process (load generator + mock) as a yardstick.
             let me = Some(std::process::id());
-            if round % 2 == 0 {
-                d.merge(&run(direct, me));
-                s.merge(&run(proxy, Some(p.pid)));
-            } else {
-                s.merge(&run(proxy, Some(p.pid)));
-                d.merge(&run(direct, me));
+            let sides = if b.is_some() { 3 } else { 2 };
+            for k in 0..sides {
+                match (round + k) % sides {
+                    0 => d.merge(&run(direct, me)),
+                    1 => s.merge(&run(proxy, Some(p.pid))),
+                    _ => {
+                        if let (Some((t, bp)), Some(b)) = (bare, b.as_mut()) {
+                            b.merge(&run(t, Some(bp.pid)));
+                        }
+                    }
+                }
             }
         }
-        (d, s)
+        (d, s, b)
     }
 }
 
@@ -504,13 +526,28 @@ fn main() {
 
     let mut closed_levels = Vec::new();
     let mut saturation = None;
+    // The yardstick (bare.rs): this binary as `serve -c`, on the same generated config.
+    let mut bare = if plan.runs("closed") && plan.runs("yardstick") {
+        let p = bench.spawn_bare();
+        let t = Target::new(p.addr, path, chat_body(false), false);
+        log(format!("bare forwarder pid {} on {}", p.pid, p.addr));
+        Some((t, p))
+    } else {
+        None
+    };
     if plan.runs("closed") {
         for &c in &plan.levels {
             let reset = main_p.reset_peak();
             let m0 = bench
                 .rt
                 .block_on(scrape(main_p.addr, &[OVERHEAD_SUM, OVERHEAD_COUNT]));
-            let (d, s) = bench.closed_pair(&direct, &proxy, &main_p, c);
+            let (d, s, b) = bench.closed_runs(
+                &direct,
+                &proxy,
+                &main_p,
+                bare.as_ref().map(|(t, p)| (t, p)),
+                c,
+            );
             let m1 = bench
                 .rt
                 .block_on(scrape(main_p.addr, &[OVERHEAD_SUM, OVERHEAD_COUNT]));
@@ -522,12 +559,15 @@ fn main() {
                 process: process(&main_p, reset, &s, overhead_between(&m0, &m1)),
                 direct: ds,
                 stockyard: ss,
+                bare_cpu_us_per_req: b.as_ref().map(|b| per_req_us(b.cpu_s, b.ok)),
+                bare: b.as_ref().map(Side::of),
             };
             log(format!(
-                "closed c={c}: direct {:.0} req/s p50 {:.1} µs, stockyard {:.0} req/s p50 {:.1} µs p99 {:.1} µs, errors {}/{}",
+                "closed c={c}: direct {:.0} req/s p50 {:.1} µs, stockyard {:.0} req/s p50 {:.1} µs p99 {:.1} µs, errors {}/{}{}",
                 lvl.direct.rps, lvl.direct.latency_us.p50, lvl.stockyard.rps,
                 lvl.stockyard.latency_us.p50, lvl.stockyard.latency_us.p99,
-                lvl.direct.errors, lvl.stockyard.errors
+                lvl.direct.errors, lvl.stockyard.errors,
+                lvl.bare.as_ref().map(|b| format!("; bare forwarder {:.0} req/s p50 {:.1} µs", b.rps, b.latency_us.p50)).unwrap_or_default()
             ));
             closed_levels.push(lvl);
         }
@@ -547,7 +587,18 @@ fn main() {
             stockyard_concurrency: sc,
             ratio: if dr > 0.0 { sr / dr } else { 0.0 },
             stockyard_errors: closed_levels.iter().map(|l| l.stockyard.errors).sum(),
+            bare_rps: bare
+                .as_ref()
+                .map(|_| best(&|l| l.bare.as_ref().map_or(0.0, |b| b.rps)).0),
+            bare_ratio: bare
+                .as_ref()
+                .map(|_| best(&|l| l.bare.as_ref().map_or(0.0, |b| b.rps)).0)
+                .filter(|_| dr > 0.0)
+                .map(|b| b / dr),
         });
+        if let Some((_, p)) = bare.take() {
+            p.stop();
+        }
     }
 
     let mut open_levels = Vec::new();
@@ -614,7 +665,7 @@ fn main() {
     if plan.runs("streams") {
         for &c in &plan.stream_levels {
             let reset = main_p.reset_peak();
-            let (d, s) = bench.closed_pair(&direct_s, &proxy_s, &main_p, c);
+            let (d, s, _) = bench.closed_runs(&direct_s, &proxy_s, &main_p, None, c);
             let (ds, ss) = (StreamSide::of(&d), StreamSide::of(&s));
             let lvl = StreamLevel {
                 concurrency: c,

@@ -106,6 +106,9 @@ pub struct ClosedLevel {
     pub stockyard: Side,
     pub added_us: Added,
     pub process: Process,
+    /// The yardstick: a bare hyper forwarder (`bare.rs`) on the same path, its CPU per request.
+    pub bare: Option<Side>,
+    pub bare_cpu_us_per_req: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +187,9 @@ pub struct Saturation {
     pub stockyard_concurrency: usize,
     pub ratio: f64,
     pub stockyard_errors: u64,
+    /// The bare forwarder's best closed-loop rate, and it as a fraction of direct.
+    pub bare_rps: Option<f64>,
+    pub bare_ratio: Option<f64>,
 }
 
 /// A chain scenario against its baseline, in the same Stockyard process, interleaved.
@@ -376,6 +382,45 @@ pub fn markdown(r: &Results) -> String {
             sat.stockyard_concurrency,
             sat.ratio * 100.0
         );
+        if let (Some(b), Some(ratio)) = (sat.bare_rps, sat.bare_ratio) {
+            let _ = writeln!(
+                s,
+                "The bare forwarder reached {} req/s: {:.0}% of direct; Stockyard reached {:.0}% of the bare forwarder.",
+                f0(b),
+                ratio * 100.0,
+                if b > 0.0 { sat.stockyard_rps / b * 100.0 } else { 0.0 }
+            );
+        }
+    }
+    if r.closed_loop.iter().any(|l| l.bare.is_some()) {
+        let _ = writeln!(
+            s,
+            "\n### Yardstick: a bare forwarder on the same hop\n\n\
+             What the extra HTTP hop costs on this machine with nothing else: a hyper server that \
+             forwards each request through hyper-util's pooled client and streams the answer back \
+             (no parsing, routing, traces or metrics; `src/bin/stockyard-bench/bare.rs`), run \
+             interleaved with the rows above.\n\n\
+             | conc. | bare req/s | bare latency | bare added | bare CPU µs/req | Stockyard CPU µs/req | Stockyard req/s / bare |\n\
+             |---:|---:|---|---|---:|---:|---:|"
+        );
+        for l in &r.closed_loop {
+            let Some(b) = &l.bare else { continue };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {:.0}% |",
+                l.concurrency,
+                f0(b.rps),
+                pcts(&b.latency_us),
+                added(&Added::of(&l.direct.latency_us, &b.latency_us)),
+                l.bare_cpu_us_per_req.map(f1).unwrap_or_else(|| "-".into()),
+                f1(l.process.cpu_us_per_req),
+                if b.rps > 0.0 {
+                    l.stockyard.rps / b.rps * 100.0
+                } else {
+                    0.0
+                },
+            );
+        }
     }
 
     if !r.open_loop.is_empty() {
