@@ -6,7 +6,7 @@ pub mod mock;
 use serde_json::{json, Value};
 use std::time::Duration;
 use stockyard::config::load::{load_str, Env};
-use stockyard::server::{start, Running};
+use stockyard::server::Running;
 
 /// The real server, in process, on 127.0.0.1:0, with a config given as YAML text.
 pub struct Proxy {
@@ -19,6 +19,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(yaml: &str) -> Proxy {
+        Proxy::start_on(yaml, None).await
+    }
+
+    /// [`Proxy::start`] serving client connections on `workers` per-core worker threads, as the
+    /// binary does (`None`: on the test's runtime).
+    pub async fn start_on(yaml: &str, workers: Option<usize>) -> Proxy {
         let data_dir = tempfile::tempdir().unwrap();
         let env = Env::from_pairs([
             ("HOME", "/tmp".to_string()),
@@ -27,7 +33,13 @@ impl Proxy {
         let cfg = load_str(yaml, "test.yaml", &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = start(cfg, Some(listener)).await.unwrap();
+        let opts = stockyard::server::StartOptions {
+            workers,
+            ..Default::default()
+        };
+        let running = stockyard::server::start_with(cfg, Some(listener), opts)
+            .await
+            .unwrap();
         Proxy {
             url: format!("http://{}", running.addr),
             client: reqwest::Client::builder()
@@ -206,7 +218,7 @@ impl Proxy {
         let cfg = load_str(yaml, "test.yaml", &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = start(cfg, Some(listener)).await.unwrap();
+        let running = stockyard::server::start(cfg, Some(listener)).await.unwrap();
         self.url = format!("http://{}", running.addr);
         self.running = Some(running);
     }
