@@ -305,6 +305,8 @@ fn writer_loop(
     let mut batch: Vec<TraceRecord> = Vec::with_capacity(BATCH);
     let mut acks = Vec::new();
     let mut stop = false;
+    // The per-request log lines of a batch go out in one write, just before its commit.
+    crate::logging::batch_begin();
     let mut last_commit = Instant::now()
         .checked_sub(GROUP_WAIT)
         .unwrap_or_else(Instant::now);
@@ -352,15 +354,18 @@ fn writer_loop(
                 }
             }
         }
+        crate::logging::batch_flush();
         if !batch.is_empty() {
             last_commit = Instant::now();
             write_batch(&mut conn, &batch, &stats);
             batch.clear();
         }
+        crate::logging::batch_flush();
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
     }
+    crate::logging::batch_flush();
 }
 
 fn write_batch(conn: &mut rusqlite::Connection, batch: &[TraceRecord], stats: &TraceStats) {
