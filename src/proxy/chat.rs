@@ -87,24 +87,37 @@ pub struct Meta {
     pub failover: bool,
 }
 
+const TRACE_ID: HeaderName = HeaderName::from_static("x-stockyard-trace-id");
+const PROVIDER: HeaderName = HeaderName::from_static("x-stockyard-provider");
+const MODEL: HeaderName = HeaderName::from_static("x-stockyard-model");
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-stockyard-attempts");
+const FAILOVER: HeaderName = HeaderName::from_static("x-stockyard-failover");
+
 impl Meta {
+    /// Sets the `x-stockyard-*` headers (names are constants; common values are static, so
+    /// only the trace id, provider and model are copied).
     pub fn apply(&self, h: &mut HeaderMap) {
-        let mut set = |name: &'static str, v: &str| {
+        let mut set = |name: HeaderName, v: &str| {
             if let Ok(v) = HeaderValue::from_str(v) {
-                h.insert(HeaderName::from_static(name), v);
+                h.insert(name, v);
             }
         };
-        set("x-stockyard-trace-id", &self.trace_id);
+        set(TRACE_ID, &self.trace_id);
         if let Some(p) = &self.provider {
-            set("x-stockyard-provider", p);
+            set(PROVIDER, p);
         }
         if let Some(m) = &self.model {
-            set("x-stockyard-model", m);
+            set(MODEL, m);
         }
-        set("x-stockyard-attempts", &self.tries.to_string());
-        set(
-            "x-stockyard-failover",
-            if self.failover { "true" } else { "false" },
+        const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+        let attempts = match DIGITS.get(self.tries as usize) {
+            Some(d) => HeaderValue::from_static(d),
+            None => HeaderValue::from(self.tries),
+        };
+        h.insert(ATTEMPTS, attempts);
+        h.insert(
+            FAILOVER,
+            HeaderValue::from_static(if self.failover { "true" } else { "false" }),
         );
     }
 }
