@@ -49,7 +49,8 @@ impl Write for Stderr {
 /// From now on, lines logged on this thread wait for [`batch_flush`].
 pub fn batch_begin() {
     BATCH.with(|b| {
-        b.borrow_mut().get_or_insert_with(|| Vec::with_capacity(64 * 1024));
+        b.borrow_mut()
+            .get_or_insert_with(|| Vec::with_capacity(64 * 1024));
     });
 }
 

@@ -375,21 +375,21 @@ pub async fn open(
     let start = Instant::now() + Duration::from_millis(5);
     let (from, to) = (start + warmup, start + warmup + dur);
     let cpu = cpu_window(pid, from, to);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let pacer = std::thread::Builder::new()
-        .name("bench-pacer".into())
-        .spawn(move || pace(tx, start, rate, to))
-        .expect("pacer thread");
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let arrivals = Arc::new(Arrivals::default());
+    let pacer = {
+        let a = arrivals.clone();
+        std::thread::Builder::new()
+            .name("bench-pacer".into())
+            .spawn(move || pace(&a, start, rate, to))
+            .expect("pacer thread")
+    };
     let mut set = tokio::task::JoinSet::new();
     for c in pool {
-        let (t, rx) = (t.clone(), rx.clone());
+        let (t, arrivals) = (t.clone(), arrivals.clone());
         set.spawn(async move {
             let mut st = Stats::default();
             let mut conn = Some(c);
-            loop {
-                let due = { rx.lock().await.recv().await };
-                let Some(due) = due else { break };
+            while let Some(due) = arrivals.next().await {
                 let c = match conn.as_mut() {
                     Some(c) => c,
                     None => match connect(t.addr).await {
@@ -434,7 +434,56 @@ pub async fn open(
     all
 }
 
-fn pace(tx: tokio::sync::mpsc::UnboundedSender<Instant>, start: Instant, rate: f64, end: Instant) {
+/// Scheduled arrivals waiting for a free connection: the pacer pushes each one and wakes one idle
+/// connection task; a task that finishes a request takes the next due arrival without waiting.
+/// (A queue under a plain mutex and one `Notify`, rather than a channel receiver shared behind
+/// an async mutex: that handed the lock from task to task on every arrival, and the generator's
+/// own CPU competes with what it measures on a small machine.)
+#[derive(Default)]
+struct Arrivals {
+    due: std::sync::Mutex<std::collections::VecDeque<Instant>>,
+    ready: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Arrivals {
+    fn push(&self, due: Instant) {
+        self.due
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(due);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_waiters();
+    }
+
+    /// The next arrival, waiting for one; `None` once the pacer is done and the queue empty.
+    async fn next(&self) -> Option<Instant> {
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a push or close in between is not missed.
+            notified.as_mut().enable();
+            if let Some(d) = self
+                .due
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            {
+                return Some(d);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn pace(arrivals: &Arrivals, start: Instant, rate: f64, end: Instant) {
     // A 1 µs timer slack instead of the default 50 µs, so arrivals stay evenly spaced.
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
     unsafe {
@@ -450,11 +499,10 @@ fn pace(tx: tokio::sync::mpsc::UnboundedSender<Instant>, start: Instant, rate: f
         if due > now {
             std::thread::sleep(due - now);
         }
-        if tx.send(due).is_err() {
-            break;
-        }
+        arrivals.push(due);
         i += 1;
     }
+    arrivals.close();
 }
 
 /// Sequential, interleaved requests over one keep-alive connection per target: round `i` sends
