@@ -11,8 +11,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReqLabels {
@@ -81,7 +82,27 @@ pub struct Metrics {
     pub shed: Counter,
     /// Last values copied from [`TraceStats`] (the counters only move forward).
     seen: Mutex<(u64, u64)>,
+    /// Handles for the common path, by provider then model ([`OkPath`]).
+    ok_paths: RwLock<HashMap<String, HashMap<String, Arc<OkPath>>>>,
 }
+
+/// The series a request answered by its first attempt touches, resolved once per (provider,
+/// model): recording such a request then clones no label strings and hashes no label sets (it
+/// was ~6 k instructions per request, six `get_or_create` calls). Series that not every request
+/// touches are resolved on first use, so `/metrics` lists exactly what it did before.
+struct OkPath {
+    requests: Counter,
+    attempt: Counter,
+    latency: Histogram,
+    ttft: OnceLock<Histogram>,
+    prompt: OnceLock<Counter>,
+    completion: OnceLock<Counter>,
+    cost: OnceLock<Counter<f64, AtomicU64>>,
+}
+
+/// More (provider, model) pairs than this are recorded the slow way (label sets made per
+/// request), so an unbounded set of model names cannot grow the cache without bound.
+const OK_PATHS_MAX: usize = 4096;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,11 +234,130 @@ impl Metrics {
             cache_misses,
             shed,
             seen: Mutex::new((0, 0)),
+            ok_paths: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The [`OkPath`] handles for `provider` and `model`, made on first use; `None` when the
+    /// cache is full.
+    fn ok_path(&self, provider: &str, model: &str) -> Option<Arc<OkPath>> {
+        {
+            let paths = self.ok_paths.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = paths.get(provider).and_then(|m| m.get(model)) {
+                return Some(h.clone());
+            }
+            if paths.values().map(HashMap::len).sum::<usize>() >= OK_PATHS_MAX {
+                return None;
+            }
+        }
+        let h = Arc::new(OkPath {
+            requests: self
+                .requests
+                .get_or_create(&ReqLabels {
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                    status: "ok".into(),
+                })
+                .clone(),
+            attempt: self
+                .attempts
+                .get_or_create(&AttemptLabels {
+                    provider: provider.to_string(),
+                    status: AttemptOutcome::Ok.as_str().into(),
+                    reason: String::new(),
+                })
+                .clone(),
+            latency: self
+                .upstream_latency
+                .get_or_create(&ProviderLabels {
+                    provider: provider.to_string(),
+                })
+                .clone(),
+            ttft: OnceLock::new(),
+            prompt: OnceLock::new(),
+            completion: OnceLock::new(),
+            cost: OnceLock::new(),
+        });
+        let mut paths = self.ok_paths.write().unwrap_or_else(|e| e.into_inner());
+        Some(
+            paths
+                .entry(provider.to_string())
+                .or_default()
+                .entry(model.to_string())
+                .or_insert(h)
+                .clone(),
+        )
+    }
+
+    /// Records a request answered by its first attempt through its [`OkPath`]; false when it is
+    /// not such a request (or the cache is full) and the general path must record it.
+    fn record_ok_path(&self, r: &TraceRecord) -> bool {
+        let (Some(p), [a]) = (r.provider.as_deref(), r.attempts.as_slice()) else {
+            return false;
+        };
+        if r.status.as_str() != "ok"
+            || a.outcome != AttemptOutcome::Ok
+            || a.reason.is_some()
+            || a.provider != p
+            || r.cache == Some(crate::cache::CacheOutcome::Hit)
+        {
+            return false;
+        }
+        let model = r.model.as_deref().unwrap_or(&r.model_requested);
+        let Some(h) = self.ok_path(p, model) else {
+            return false;
+        };
+        let ml = || ModelLabels {
+            provider: p.to_string(),
+            model: model.to_string(),
+        };
+        h.requests.inc();
+        h.attempt.inc();
+        if r.cache == Some(crate::cache::CacheOutcome::Miss) {
+            self.cache_misses.inc();
+        }
+        if let Some(t) = r.ttft_ms {
+            h.ttft
+                .get_or_init(|| {
+                    self.ttft
+                        .get_or_create(&ProviderLabels {
+                            provider: p.to_string(),
+                        })
+                        .clone()
+                })
+                .observe(t as f64 / 1000.0);
+        }
+        h.latency.observe(r.latency_ms as f64 / 1000.0);
+        if let Some(n) = r.tokens_in {
+            h.prompt
+                .get_or_init(|| self.prompt_tokens.get_or_create(&ml()).clone())
+                .inc_by(n);
+        }
+        if let Some(n) = r.tokens_out {
+            h.completion
+                .get_or_init(|| self.completion_tokens.get_or_create(&ml()).clone())
+                .inc_by(n);
+        }
+        if let Some(c) = r.cost_usd {
+            h.cost
+                .get_or_init(|| self.cost.get_or_create(&ml()).clone())
+                .inc_by(c);
+        }
+        if let Some(us) = r.overhead_us {
+            self.overhead.observe(us as f64 / 1e6);
+        }
+        true
     }
 
     /// Records one finished request.
     pub fn record(&self, r: &TraceRecord) {
+        if !self.record_ok_path(r) {
+            self.record_general(r);
+        }
+    }
+
+    /// Records any request, making each label set it touches.
+    fn record_general(&self, r: &TraceRecord) {
         let provider = r.provider.clone().unwrap_or_else(|| "none".into());
         let model = r.model.clone().unwrap_or_else(|| r.model_requested.clone());
         self.requests
@@ -324,5 +464,105 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::attempt::AttemptRecord;
+    use crate::traces::TraceStatus;
+
+    fn attempt(provider: &str, outcome: AttemptOutcome, reason: Option<&str>) -> AttemptRecord {
+        AttemptRecord {
+            provider: provider.into(),
+            model: "up".into(),
+            outcome,
+            reason: reason.map(str::to_string),
+            http_status: Some(200),
+            latency_ms: 12,
+            hedged: false,
+        }
+    }
+
+    fn records() -> Vec<TraceRecord> {
+        let mut out = Vec::new();
+        for (i, model) in ["m1", "m2", "m1"].iter().enumerate() {
+            let mut r = TraceRecord::new(format!("tr_{i}"), model, i == 1);
+            r.provider = Some("a".into());
+            r.model = Some(format!("{model}-up"));
+            r.status = TraceStatus::Ok;
+            r.latency_ms = 30 + i as u64;
+            r.ttft_ms = (i == 1).then_some(7);
+            r.tokens_in = (i != 2).then_some(10);
+            r.tokens_out = Some(20);
+            r.cost_usd = (i == 0).then_some(0.25);
+            r.overhead_us = Some(40);
+            r.cache = (i == 2).then_some(crate::cache::CacheOutcome::Miss);
+            r.attempts.push(attempt("a", AttemptOutcome::Ok, None));
+            out.push(r);
+        }
+        // A failover, a cache hit, a client that went away, an error.
+        let mut f = TraceRecord::new("tr_f".into(), "m1", false);
+        f.provider = Some("b".into());
+        f.status = TraceStatus::Ok;
+        f.attempts
+            .push(attempt("a", AttemptOutcome::Failed, Some("http_error")));
+        f.attempts.push(attempt("b", AttemptOutcome::Ok, None));
+        out.push(f);
+        let mut h = TraceRecord::new("tr_h".into(), "m1", false);
+        h.provider = Some("a".into());
+        h.status = TraceStatus::Ok;
+        h.cache = Some(crate::cache::CacheOutcome::Hit);
+        out.push(h);
+        let mut c = TraceRecord::new("tr_c".into(), "m1", true);
+        c.provider = Some("a".into());
+        c.status = TraceStatus::ClientClosed;
+        c.attempts.push(attempt("a", AttemptOutcome::Ok, None));
+        out.push(c);
+        let mut e = TraceRecord::new("tr_e".into(), "m9", false);
+        e.status = TraceStatus::Error;
+        e.attempts
+            .push(attempt("a", AttemptOutcome::Failed, Some("connect_error")));
+        out.push(e);
+        out
+    }
+
+    fn text(m: &Metrics) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        out
+    }
+
+    /// The exposition's lines, sorted: series within a family come in hash-map order.
+    fn lines(m: &Metrics) -> Vec<String> {
+        let mut l: Vec<String> = text(m).lines().map(str::to_string).collect();
+        l.sort();
+        l
+    }
+
+    #[test]
+    fn the_common_path_records_exactly_what_the_general_path_does() {
+        let (fast, general) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            for r in records() {
+                fast.record(&r);
+                general.record_general(&r);
+            }
+        }
+        assert_eq!(lines(&fast), lines(&general));
+        // The common path was taken (two (provider, model) pairs cached), and the series it
+        // resolves lazily only exist once a request needed them.
+        let paths = fast.ok_paths.read().unwrap();
+        assert_eq!(paths.values().map(HashMap::len).sum::<usize>(), 2);
+        let t = text(&fast);
+        assert!(
+            t.contains(r#"stockyard_cost_usd_total{provider="a",model="m1-up"}"#),
+            "{t}"
+        );
+        assert!(
+            !t.contains(r#"stockyard_cost_usd_total{provider="a",model="m2-up"}"#),
+            "{t}"
+        );
     }
 }
