@@ -289,7 +289,7 @@ impl Metrics {
         )
     }
 
-    /// Records a request answered by its first attempt through its [`OkPath`]; false when it is
+    /// Records the rest of a request answered by its first attempt through its [`OkPath`]; false when it is
     /// not such a request (or the cache is full) and the general path must record it.
     fn record_ok_path(&self, r: &TraceRecord) -> bool {
         let (Some(p), [a]) = (r.provider.as_deref(), r.attempts.as_slice()) else {
@@ -313,9 +313,6 @@ impl Metrics {
         };
         h.requests.inc();
         h.attempt.inc();
-        if r.cache == Some(crate::cache::CacheOutcome::Miss) {
-            self.cache_misses.inc();
-        }
         if let Some(t) = r.ttft_ms {
             h.ttft
                 .get_or_init(|| {
@@ -343,20 +340,34 @@ impl Metrics {
                 .get_or_init(|| self.cost.get_or_create(&ml()).clone())
                 .inc_by(c);
         }
-        if let Some(us) = r.overhead_us {
-            self.overhead.observe(us as f64 / 1e6);
-        }
         true
     }
 
     /// Records one finished request.
     pub fn record(&self, r: &TraceRecord) {
+        self.record_common(r);
         if !self.record_ok_path(r) {
             self.record_general(r);
         }
     }
 
-    /// Records any request, making each label set it touches.
+    /// What every request records, whichever path records the rest: cache outcome, overhead.
+    fn record_common(&self, r: &TraceRecord) {
+        match r.cache {
+            Some(crate::cache::CacheOutcome::Hit) => {
+                self.cache_hits.inc();
+            }
+            Some(crate::cache::CacheOutcome::Miss) => {
+                self.cache_misses.inc();
+            }
+            None => {}
+        }
+        if let Some(us) = r.overhead_us {
+            self.overhead.observe(us as f64 / 1e6);
+        }
+    }
+
+    /// Records the rest of any request, making each label set it touches.
     fn record_general(&self, r: &TraceRecord) {
         let provider = r.provider.clone().unwrap_or_else(|| "none".into());
         let model = r.model.clone().unwrap_or_else(|| r.model_requested.clone());
@@ -394,15 +405,6 @@ impl Metrics {
                     .inc();
             }
         }
-        match r.cache {
-            Some(crate::cache::CacheOutcome::Hit) => {
-                self.cache_hits.inc();
-            }
-            Some(crate::cache::CacheOutcome::Miss) => {
-                self.cache_misses.inc();
-            }
-            None => {}
-        }
         // A cache hit made no upstream call: no latency, token or cost samples for the provider.
         let upstream = r.cache != Some(crate::cache::CacheOutcome::Hit);
         if let Some(p) = r.provider.as_ref().filter(|_| upstream) {
@@ -430,9 +432,6 @@ impl Metrics {
             if let Some(c) = r.cost_usd {
                 self.cost.get_or_create(&ml).inc_by(c);
             }
-        }
-        if let Some(us) = r.overhead_us {
-            self.overhead.observe(us as f64 / 1e6);
         }
     }
 
@@ -547,6 +546,7 @@ mod tests {
         for _ in 0..3 {
             for r in records() {
                 fast.record(&r);
+                general.record_common(&r);
                 general.record_general(&r);
             }
         }
