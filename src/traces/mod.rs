@@ -305,7 +305,8 @@ fn writer_loop(
     let mut batch: Vec<TraceRecord> = Vec::with_capacity(BATCH);
     let mut acks = Vec::new();
     let mut stop = false;
-    // The per-request log lines of a batch go out in one write, just before its commit.
+    // The per-request log lines of a batch (and anything else logged here) go out in one
+    // write, after its commit.
     crate::logging::batch_begin();
     let mut last_commit = Instant::now()
         .checked_sub(GROUP_WAIT)
@@ -354,7 +355,6 @@ fn writer_loop(
                 }
             }
         }
-        crate::logging::batch_flush();
         if !batch.is_empty() {
             last_commit = Instant::now();
             write_batch(&mut conn, &batch, &stats);
@@ -365,7 +365,6 @@ fn writer_loop(
             let _ = ack.send(());
         }
     }
-    crate::logging::batch_flush();
 }
 
 fn write_batch(conn: &mut rusqlite::Connection, batch: &[TraceRecord], stats: &TraceStats) {
