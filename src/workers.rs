@@ -86,12 +86,9 @@ impl Workers {
         self.senders[i].send(Box::new(job)).map_err(|e| e.0)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.senders.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.senders.is_empty()
     }
 }
 
