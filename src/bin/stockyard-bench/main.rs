@@ -580,6 +580,9 @@ fn main() {
         };
         let (dr, dc) = best(&|l| l.direct.rps);
         let (sr, sc) = best(&|l| l.stockyard.rps);
+        let bare_rps = bare
+            .as_ref()
+            .map(|_| best(&|l| l.bare.as_ref().map_or(0.0, |b| b.rps)).0);
         saturation = Some(Saturation {
             direct_rps: dr,
             direct_concurrency: dc,
@@ -587,14 +590,8 @@ fn main() {
             stockyard_concurrency: sc,
             ratio: if dr > 0.0 { sr / dr } else { 0.0 },
             stockyard_errors: closed_levels.iter().map(|l| l.stockyard.errors).sum(),
-            bare_rps: bare
-                .as_ref()
-                .map(|_| best(&|l| l.bare.as_ref().map_or(0.0, |b| b.rps)).0),
-            bare_ratio: bare
-                .as_ref()
-                .map(|_| best(&|l| l.bare.as_ref().map_or(0.0, |b| b.rps)).0)
-                .filter(|_| dr > 0.0)
-                .map(|b| b / dr),
+            bare_rps,
+            bare_ratio: bare_rps.filter(|_| dr > 0.0).map(|b| b / dr),
         });
         if let Some((_, p)) = bare.take() {
             p.stop();
