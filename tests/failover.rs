@@ -16,7 +16,13 @@ async fn pair() -> (MockUpstream, MockUpstream) {
 async fn success_relays_body_untouched_and_passes_unknown_fields() {
     let a = MockUpstream::start().await;
     let upstream_body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4},"x_vendor":  {"kept": true}}"#;
-    a.push(Step::body(200, "application/json", upstream_body).header("x-request-id", "req-123"));
+    a.push(
+        Step::body(200, "application/json", upstream_body)
+            .header("x-request-id", "req-123")
+            .header("x-ratelimit-remaining-tokens", "9000")
+            .header("set-cookie", "session=upstream")
+            .header("x-upstream-internal", "1"),
+    );
     let p = Proxy::start(&format!(
         "providers:\n  - {{name: a, kind: openai-compatible, base_url: \"{}\"}}\n",
         a.url()
@@ -32,6 +38,11 @@ async fn success_relays_body_untouched_and_passes_unknown_fields() {
     assert_eq!(hdr(&r, "x-stockyard-failover"), "false");
     assert!(hdr(&r, "x-stockyard-trace-id").starts_with("tr_"));
     assert_eq!(hdr(&r, "x-request-id"), "req-123");
+    assert_eq!(hdr(&r, "x-ratelimit-remaining-tokens"), "9000");
+    assert_eq!(hdr(&r, "content-type"), "application/json");
+    for not_relayed in ["set-cookie", "x-upstream-internal"] {
+        assert!(r.headers().get(not_relayed).is_none(), "{not_relayed}");
+    }
     assert_eq!(
         r.text().await.unwrap(),
         upstream_body,

@@ -535,14 +535,16 @@ fn default_type(status: StatusCode) -> &'static str {
 
 /// Headers relayed from a successful upstream answer.
 pub fn relay_headers(upstream: &HeaderMap, content_type: &'static str) -> HeaderMap {
-    let mut h = HeaderMap::new();
+    let mut h = HeaderMap::with_capacity(8);
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static(content_type),
     );
-    for name in RELAYED_HEADERS {
-        if let Some(v) = upstream.get(*name) {
-            h.insert(HeaderName::from_static(name), v.clone());
+    // One pass over what the upstream sent (its first value of each relayed header), rather
+    // than a hashed lookup, with a name parsed at run time, per relayed header.
+    for (name, v) in upstream {
+        if RELAYED_HEADERS.contains(&name.as_str()) {
+            h.entry(name).or_insert_with(|| v.clone());
         }
     }
     h
