@@ -213,6 +213,29 @@ const BUILTIN_WINDOWS: &[(&str, u64)] = &[
 /// namespaced names like `models/gemini-1.5-pro`, `openai/gpt-4o` or
 /// `meta-llama/Llama-3.3-70B-Instruct`. Unknown models give `None`.
 pub fn builtin_window(model: &str) -> Option<u64> {
+    // Every request asks this for each candidate; the answer only depends on the name, and a
+    // table scan is thousands of instructions, so each thread remembers the names it has seen
+    // (a bounded set: forgotten all at once when full, since names come from clients).
+    const REMEMBERED: usize = 512;
+    thread_local! {
+        static SEEN: std::cell::RefCell<std::collections::HashMap<Box<str>, Option<u64>>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    SEEN.with(|seen| {
+        if let Some(w) = seen.borrow().get(model) {
+            return *w;
+        }
+        let w = scan_window(model);
+        let mut seen = seen.borrow_mut();
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(model.into(), w);
+        w
+    })
+}
+
+fn scan_window(model: &str) -> Option<u64> {
     let name = model.trim();
     lookup(name).or_else(|| {
         name.rsplit_once('/')
@@ -670,6 +693,24 @@ mod tests {
     use serde_json::json;
 
     // ---- built-in table ----
+
+    #[test]
+    fn remembered_answers_match_the_table_across_forgetting() {
+        let names: Vec<String> = (0..1300)
+            .map(|i| match i % 3 {
+                0 => format!("gpt-4o-{i}"),
+                1 => format!("unknown-model-{i}"),
+                _ => format!("ns/llama3.1:{i}b"),
+            })
+            .collect();
+        for round in 0..2 {
+            for n in &names {
+                assert_eq!(builtin_window(n), scan_window(n), "{n} (round {round})");
+            }
+        }
+        assert_eq!(builtin_window("gpt-4o-1"), Some(128_000));
+        assert_eq!(builtin_window("unknown-model-1"), None);
+    }
 
     #[test]
     fn exact_names() {
