@@ -172,6 +172,9 @@ struct NoControl<'a>(&'a str);
 impl std::fmt::Display for NoControl<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write as _;
+        if !self.0.chars().any(char::is_control) {
+            return f.write_str(self.0);
+        }
         for c in self.0.chars() {
             if c.is_control() {
                 write!(f, "{}", c.escape_debug())?;
