@@ -55,7 +55,7 @@ pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// One SSE "block": the lines up to and including the blank line that ends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SseEvent {
     /// Exact bytes of the block as received, including its terminating blank line (and any
     /// blank lines that preceded the block). A block returned by [`SseDecoder::finish`] at end of
@@ -309,7 +309,9 @@ impl SseDecoder {
 
 /// Position of the first CR or LF.
 fn find_eol(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n' || b == b'\r')
+    // memchr's vectorised search: a byte-at-a-time scan was ~1.5 k instructions per 200-byte
+    // event, and each event is scanned twice (block end, then its lines).
+    memchr::memchr2(b'\n', b'\r', bytes)
 }
 
 /// Split off the first line of `text` (terminated by LF, CRLF or CR). The remainder after the
