@@ -59,30 +59,81 @@ struct ChoiceJson {
     #[serde(default)]
     delta: Option<DeltaJson>,
     #[serde(default)]
-    finish_reason: Option<serde_json::Value>,
+    finish_reason: NonEmpty,
 }
 
 #[derive(Deserialize)]
 struct DeltaJson {
     #[serde(default)]
-    content: Option<serde_json::Value>,
+    content: NonEmpty,
     #[serde(default)]
     tool_calls: Option<Vec<serde::de::IgnoredAny>>,
     #[serde(default)]
     function_call: Option<serde::de::IgnoredAny>,
     #[serde(default)]
-    refusal: Option<serde_json::Value>,
+    refusal: NonEmpty,
     #[serde(default)]
-    reasoning_content: Option<serde_json::Value>,
+    reasoning_content: NonEmpty,
     #[serde(default)]
-    reasoning: Option<serde_json::Value>,
+    reasoning: NonEmpty,
 }
 
-fn non_empty(v: &Option<serde_json::Value>) -> bool {
-    match v {
-        Some(serde_json::Value::String(s)) => !s.is_empty(),
-        Some(serde_json::Value::Null) | None => false,
-        Some(_) => true,
+/// Whether a field holds something: any value but `null` and `""`. Read without keeping (or
+/// allocating) the value, as every chunk of every stream goes through here.
+#[derive(Default)]
+struct NonEmpty(bool);
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NonEmpty, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NonEmpty;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(!s.is_empty()))
+            }
+            fn visit_unit<E>(self) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_none<E>(self) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<NonEmpty, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(true))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(true))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(true))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(true))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<NonEmpty, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(NonEmpty(true))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<NonEmpty, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(NonEmpty(true))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -123,16 +174,16 @@ pub fn classify_event(ev: &SseEvent) -> Result<(Chunk, Option<Usage>), AttemptEr
     let mut content = false;
     let mut finish = false;
     for ch in &choices {
-        if non_empty(&ch.finish_reason) {
+        if ch.finish_reason.0 {
             finish = true;
         }
         if let Some(d) = &ch.delta {
-            if non_empty(&d.content)
+            if d.content.0
                 || d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
                 || d.function_call.is_some()
-                || non_empty(&d.refusal)
-                || non_empty(&d.reasoning_content)
-                || non_empty(&d.reasoning)
+                || d.refusal.0
+                || d.reasoning_content.0
+                || d.reasoning.0
             {
                 content = true;
             }
@@ -467,5 +518,97 @@ impl Drop for Relay {
         if !self.done {
             self.publish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(data: &str) -> SseEvent {
+        SseEvent {
+            data: Some(data.to_string()),
+            ..Default::default()
+        }
+    }
+
+    fn kind(data: &str) -> String {
+        match classify_event(&ev(data)) {
+            Ok((Chunk::Content { finish }, u)) => {
+                format!("content finish={finish} usage={}", u.is_some())
+            }
+            Ok((Chunk::Empty, u)) => format!("empty usage={}", u.is_some()),
+            Ok((Chunk::UsageOnly(u), _)) => {
+                format!("usage {}+{}", u.prompt_tokens, u.completion_tokens)
+            }
+            Ok((Chunk::Error(m), _)) => format!("error {m}"),
+            Ok((Chunk::Done, _)) => "done".into(),
+            Err(e) => format!("malformed {e}"),
+        }
+    }
+
+    #[test]
+    fn events_are_classified_by_what_the_client_must_see() {
+        let d = |delta: &str| format!(r#"{{"choices":[{{"index":0,"delta":{delta}}}]}}"#);
+        for (data, want) in [
+            (d(r#"{"role":"assistant","content":""}"#), "empty usage=false"),
+            (d(r#"{"role":"assistant"}"#), "empty usage=false"),
+            (d(r#"{"content":null}"#), "empty usage=false"),
+            (d(r#"{"content":"hi \"there\" \u00e9"}"#), "content finish=false usage=false"),
+            (d(r#"{"content":[{"type":"text","text":"x"}]}"#), "content finish=false usage=false"),
+            (d(r#"{"content":0}"#), "content finish=false usage=false"),
+            (d(r#"{"tool_calls":[]}"#), "empty usage=false"),
+            (d(r#"{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}"#), "content finish=false usage=false"),
+            (d(r#"{"function_call":{"name":"f"}}"#), "content finish=false usage=false"),
+            (d(r#"{"refusal":"no"}"#), "content finish=false usage=false"),
+            (d(r#"{"refusal":""}"#), "empty usage=false"),
+            (d(r#"{"reasoning_content":"think"}"#), "content finish=false usage=false"),
+            (d(r#"{"reasoning":"think"}"#), "content finish=false usage=false"),
+            (d(r#"{"reasoning":{"summary":[]}}"#), "content finish=false usage=false"),
+            (d(r#"{"unknown":{"deep":[1,{"x":null}]},"content":"a"}"#), "content finish=false usage=false"),
+            (
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.into(),
+                "content finish=true usage=false",
+            ),
+            (
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":null}]}"#.into(),
+                "empty usage=false",
+            ),
+            (
+                r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":""}]}"#.into(),
+                "content finish=false usage=false",
+            ),
+            (
+                r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#.into(),
+                "usage 3+5",
+            ),
+            (
+                r#"{"choices":[{"delta":{"content":"a"},"finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#.into(),
+                "content finish=true usage=true",
+            ),
+            (r#"{"id":"x"}"#.into(), "empty usage=false"),
+            (r#"{"error":{"message":"overloaded","type":"server_error"}}"#.into(), "error overloaded"),
+            (r#"{"error":"bad thing"}"#.into(), "error \"bad thing\""),
+            ("[DONE]".into(), "done"),
+        ] {
+            assert_eq!(kind(&data), want, "{data}");
+        }
+        for bad in [
+            "not json",
+            r#"{"choices":[{"delta":{"content":"a"}}"#,
+            r#"{"choices":"x"}"#,
+        ] {
+            assert!(kind(bad).starts_with("malformed"), "{bad}: {}", kind(bad));
+        }
+        let error_event = SseEvent {
+            event: Some("error".into()),
+            data: Some("boom".into()),
+            ..Default::default()
+        };
+        assert!(matches!(classify_event(&error_event), Ok((Chunk::Error(m), None)) if m == "boom"));
+        assert!(matches!(
+            classify_event(&SseEvent::default()),
+            Ok((Chunk::Empty, None))
+        ));
     }
 }
