@@ -88,10 +88,36 @@ impl<'de> Visitor<'de> for ObjVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject<'de>, A::Error> {
         let mut fields = Vec::with_capacity(16);
-        while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-            fields.push((k, v));
+        while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+            fields.push((k.0, v));
         }
         Ok(RawObject { fields })
+    }
+}
+
+/// An object key borrowed from the request bytes, copied only when it has escapes. (serde's own
+/// `Cow<str>` always copies: one allocation per field of every request.)
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
 
@@ -204,6 +230,34 @@ fn wrong_type(param: &'static str, want: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_borrowed_unless_escaped() {
+        let body = br#"{"model":"m","mo\u0064el2":1,"x\"y":[1],"\u00e9":null}"#;
+        let obj = RawObject::parse(body).unwrap();
+        let keys: Vec<(&str, bool)> = obj
+            .fields
+            .iter()
+            .map(|(k, _)| (k.as_ref(), matches!(k, Cow::Borrowed(_))))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("model", true),
+                ("model2", false),
+                ("x\"y", false),
+                ("é", false)
+            ]
+        );
+        assert_eq!(obj.get("model2").map(|v| v.get()), Some("1"));
+        // Written back with the keys escaped as JSON requires.
+        let out = obj.write_with(&[]);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::from_slice::<serde_json::Value>(body).unwrap()
+        );
+    }
 
     #[test]
     fn keeps_unknown_fields_and_order() {
