@@ -220,12 +220,13 @@ pub async fn start_with(
     };
     let app = proxy::router(state.clone())
         .layer(axum::Extension(reloader.clone()))
-        .layer(middleware::from_fn_with_state(guard, track_request));
+        .layer(middleware::from_fn_with_state(guard.clone(), track_request));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let connections = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(serve(
         listener,
         app,
+        guard,
         state.clone(),
         rx,
         connections.clone(),
@@ -255,6 +256,7 @@ pub async fn start_with(
 async fn serve(
     listener: TcpListener,
     app: axum::Router,
+    guard: Guard,
     state: Arc<AppState>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     open: Arc<AtomicUsize>,
@@ -279,6 +281,7 @@ async fn serve(
         let header_read_timeout = state.runtime().config.header_read_timeout;
         let conn = Conn {
             app: app.clone(),
+            guard: guard.clone(),
             peer,
             header_read_timeout,
             shut: shut_rx.clone(),
@@ -325,6 +328,9 @@ async fn accept_error(e: std::io::Error) {
 /// Everything one connection task needs.
 struct Conn {
     app: axum::Router,
+    /// For the fast path: `POST /v1/chat/completions` goes straight to its handler through
+    /// [`track`], without the router and its layers (none of which it uses).
+    guard: Guard,
     peer: SocketAddr,
     header_read_timeout: Duration,
     shut: watch::Receiver<bool>,
@@ -349,12 +355,27 @@ impl Conn {
         use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (app, peer, seen) = (self.app.clone(), self.peer, started.clone());
+        let guard = self.guard.clone();
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            use futures::future::Either;
             seen.store(true, Ordering::Relaxed);
             let mut req = req.map(Body::new);
+            if req.method() == http::Method::POST && req.uri().path() == "/v1/chat/completions" {
+                let g = guard.clone();
+                return Either::Left(async move {
+                    let st = g.state.clone();
+                    Ok::<_, std::convert::Infallible>(
+                        track(g, req, |req| {
+                            let (parts, body) = req.into_parts();
+                            crate::proxy::chat::chat_completions(State(st), parts.headers, body)
+                        })
+                        .await,
+                    )
+                });
+            }
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
-            tower::ServiceExt::oneshot(app.clone(), req)
+            Either::Right(tower::ServiceExt::oneshot(app.clone(), req))
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // hyper starts this timer whenever it waits for a request head: for the first request
@@ -475,6 +496,17 @@ impl Drop for Active {
 
 /// Counts the request and lets the shutdown cut it once the grace period has run out.
 async fn track_request(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    track(g, req, |req| next.run(req)).await
+}
+
+/// The guard every request passes (as axum middleware, or called directly on the fast path for
+/// chat completions): refused while shutting down, shed past `max_in_flight`, the request body
+/// under an idle timeout, the response body cut on a forced shutdown, and counted while open.
+async fn track<F, Fut>(g: Guard, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let active = Active::new(&g.active);
     let mut cut = g.cut.clone();
     if *cut.borrow() {
@@ -500,7 +532,7 @@ async fn track_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
         SseKind::OpenAi
     };
     tokio::select! {
-        resp = next.run(req) => {
+        resp = next(req) => {
             let (parts, body) = resp.into_parts();
             let sse = parts
                 .headers
