@@ -418,7 +418,7 @@ impl<E: std::error::Error + 'static> std::error::Error for StreamError<E> {
     }
 }
 
-/// Adapt a byte stream into an event stream (for use on `reqwest::Response::bytes_stream()`).
+/// Adapt a byte stream into an event stream (e.g. an upstream answer's `bytes_stream()`).
 ///
 /// Transport errors are passed through in order (events decoded from earlier chunks come first)
 /// and the byte stream keeps being polled afterwards; it is up to the byte stream whether it ends.

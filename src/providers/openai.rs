@@ -2,7 +2,7 @@
 //! how transport failures map onto attempt errors. Bodies pass through untouched except for the
 //! fields the proxy rewrites.
 
-use crate::providers::transport::{error_chain, SendError};
+use crate::providers::transport::{error_chain, SendError, UpstreamResponse};
 use crate::providers::Wire;
 use crate::proxy::classify::{http_error, parse_retry_after, AttemptError};
 use crate::proxy::state::{auth_header, ProviderRuntime};
@@ -37,7 +37,7 @@ pub async fn send(
     body: Vec<u8>,
     key: Option<&str>,
     accept_sse: bool,
-) -> Result<reqwest::Response, AttemptError> {
+) -> Result<UpstreamResponse, AttemptError> {
     let uri = p.endpoint(path).ok_or_else(|| {
         AttemptError::Connect("the provider's base_url is not a valid URL".into())
     })?;
@@ -94,9 +94,14 @@ pub fn transport_error(e: &reqwest::Error, connect_timeout: Duration) -> Attempt
     }
 }
 
+/// A failure while reading an answer's body (reset, closed early, bad chunking).
+pub fn body_error(e: &hyper::Error) -> AttemptError {
+    AttemptError::Transport(error_chain(e))
+}
+
 /// Reads a whole (error) body with a size cap, honouring the idle and total deadlines.
 pub async fn read_limited(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     limit: usize,
     idle: Duration,
     deadline: Instant,
@@ -113,7 +118,7 @@ pub async fn read_limited(
             Err(_) if wait < idle => return Err(AttemptError::TotalTimeout(wait)),
             Err(_) => return Err(AttemptError::IdleTimeout(idle)),
             Ok(None) => return Ok((buf.freeze(), false)),
-            Ok(Some(Err(e))) => return Err(AttemptError::Transport(error_chain(&e))),
+            Ok(Some(Err(e))) => return Err(body_error(&e)),
             Ok(Some(Ok(chunk))) => {
                 let room = limit.saturating_sub(buf.len());
                 if chunk.len() > room {
@@ -128,7 +133,7 @@ pub async fn read_limited(
 
 /// Turns a non-2xx response into a classified attempt error (reading at most 1 MiB of body).
 pub async fn error_from_response(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     idle: Duration,
     deadline: Instant,
 ) -> AttemptError {

@@ -6,6 +6,7 @@ use super::classify::{AttemptError, Class};
 use super::state::{admit, Permit, ProviderRuntime, Refused};
 use crate::config::RetryOn;
 use crate::error::{ApiError, AttemptSummary};
+use crate::providers::transport::UpstreamResponse;
 use crate::providers::{openai, Wire};
 use crate::routing::SkipReason;
 use axum::body::Body;
@@ -183,7 +184,7 @@ pub async fn run<B, F, Fut>(
 ) -> Run
 where
     B: Fn(&Cand) -> Result<Vec<u8>, AttemptError>,
-    F: Fn(reqwest::Response, AttemptCtx) -> Fut,
+    F: Fn(UpstreamResponse, AttemptCtx) -> Fut,
     Fut: Future<Output = Result<Success, AttemptError>>,
 {
     let mut st = RunState {
@@ -312,7 +313,7 @@ async fn attempt<B, F, Fut>(
 ) -> Result<Success, AttemptError>
 where
     B: Fn(&Cand) -> Result<Vec<u8>, AttemptError>,
-    F: Fn(reqwest::Response, AttemptCtx) -> Fut,
+    F: Fn(UpstreamResponse, AttemptCtx) -> Fut,
     Fut: Future<Output = Result<Success, AttemptError>>,
 {
     let p = &c.provider;

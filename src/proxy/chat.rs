@@ -7,6 +7,7 @@ use super::classify::{AttemptError, ErrorInfo};
 use super::state::{AppState, ProviderRuntime, Runtime};
 use crate::error::{openai_error_body, ApiError};
 use crate::providers::openai::{self, RELAYED_HEADERS};
+use crate::providers::transport::UpstreamResponse;
 use crate::providers::{anthropic, Wire};
 use crate::routing::RouteOptions;
 use crate::traces::{new_trace_id, PendingTrace, TraceRecord, TraceStatus};
@@ -616,7 +617,7 @@ pub fn answer_verdict(
 /// Reads a 2xx chat completion: small bodies are validated whole and relayed byte for byte;
 /// bodies over [`VALIDATE_LIMIT`] are streamed through as they arrive.
 pub async fn finish_chat_json(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     ctx: AttemptCtx,
 ) -> Result<Success, AttemptError> {
     finish_json_with(resp, ctx, validate_chat_json).await
@@ -625,7 +626,7 @@ pub async fn finish_chat_json(
 /// Reads a 2xx JSON answer: small bodies are checked whole by `validate` (which also reads the
 /// usage) and relayed byte for byte; bodies over [`VALIDATE_LIMIT`] are streamed through.
 pub async fn finish_json_with(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     ctx: AttemptCtx,
     validate: fn(u16, &[u8]) -> Result<Option<Usage>, AttemptError>,
 ) -> Result<Success, AttemptError> {
@@ -641,7 +642,7 @@ pub async fn finish_json_with(
         match tokio::time::timeout(wait, stream.next()).await {
             Err(_) if wait < idle => return Err(AttemptError::TotalTimeout(p.cfg.timeouts.total)),
             Err(_) => return Err(AttemptError::IdleTimeout(idle)),
-            Ok(Some(Err(e))) => return Err(openai::transport_error(&e, p.cfg.timeouts.connect)),
+            Ok(Some(Err(e))) => return Err(openai::body_error(&e)),
             Ok(Some(Ok(chunk))) => {
                 buf.extend_from_slice(&chunk);
                 if buf.len() > VALIDATE_LIMIT {
@@ -691,7 +692,7 @@ where
 
 /// Reads a 2xx Anthropic Messages answer and translates it into a chat completion.
 pub async fn finish_anthropic_json(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     ctx: AttemptCtx,
 ) -> Result<Success, AttemptError> {
     let status = resp.status();

@@ -12,6 +12,7 @@ use super::classify::AttemptError;
 use super::state::AppState;
 use crate::error::ApiError;
 use crate::providers::anthropic::{self, OpenAiToAnthropicStream};
+use crate::providers::transport::UpstreamResponse;
 use crate::providers::{openai, Wire};
 use crate::routing::RouteOptions;
 use crate::sse::{self, SseDecoder};
@@ -171,7 +172,7 @@ async fn handle(
 
 /// A 2xx native Messages answer, relayed byte for byte after validation.
 async fn finish_native_json(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     ctx: AttemptCtx,
 ) -> Result<Success, AttemptError> {
     let status = resp.status();

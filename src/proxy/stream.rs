@@ -9,7 +9,8 @@ use super::chat::{relay_headers, UsageJson};
 use super::classify::AttemptError;
 use super::state::ProviderRuntime;
 use crate::providers::anthropic::{AnthropicToOpenAiStream, OpenAiOut};
-use crate::providers::openai::{read_limited, transport_error};
+use crate::providers::openai::{body_error, read_limited};
+use crate::providers::transport::UpstreamResponse;
 use crate::providers::Wire;
 use crate::sse::{self, SseEvent, StreamError};
 use axum::body::{Body, Bytes};
@@ -25,8 +26,7 @@ const NON_SSE_LIMIT: usize = 1 << 20;
 /// How long the end of an upstream body is awaited after `[DONE]` to keep its connection.
 const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-type EventStream =
-    Pin<Box<dyn Stream<Item = Result<SseEvent, StreamError<reqwest::Error>>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<SseEvent, StreamError<hyper::Error>>> + Send>>;
 
 /// What one upstream data event means for the relay.
 #[derive(Debug, PartialEq)]
@@ -220,7 +220,7 @@ fn synth_event(event: Option<&str>, data: String) -> SseEvent {
 fn anthropic_events(inner: EventStream, model: &str) -> EventStream {
     let mut tr = AnthropicToOpenAiStream::new(model, true);
     Box::pin(inner.flat_map(move |item| {
-        let out: Vec<Result<SseEvent, StreamError<reqwest::Error>>> = match item {
+        let out: Vec<Result<SseEvent, StreamError<hyper::Error>>> = match item {
             Err(e) => vec![Err(e)],
             Ok(ev) if ev.is_comment_only() => vec![Ok(ev)],
             Ok(ev) => match ev.data.as_deref() {
@@ -258,9 +258,9 @@ pub fn stream_error_event(message: &str) -> Bytes {
     sse::data_event(&v.to_string())
 }
 
-fn stream_err(e: StreamError<reqwest::Error>, p: &ProviderRuntime) -> AttemptError {
+fn stream_err(e: StreamError<hyper::Error>) -> AttemptError {
     match e {
-        StreamError::Transport(t) => transport_error(&t, p.cfg.timeouts.connect),
+        StreamError::Transport(t) => body_error(&t),
         StreamError::Sse(s) => AttemptError::Malformed(s.to_string()),
     }
 }
@@ -268,7 +268,7 @@ fn stream_err(e: StreamError<reqwest::Error>, p: &ProviderRuntime) -> AttemptErr
 /// Reads the stream until the first content event (failing the attempt on anything else), then
 /// returns a body that relays the rest.
 pub async fn finish_stream(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     ctx: AttemptCtx,
     include_usage: bool,
 ) -> Result<Success, AttemptError> {
@@ -323,7 +323,7 @@ pub async fn finish_stream(
                     "stream ended before any content".into(),
                 ))
             }
-            Ok(Some(Err(e))) => return Err(stream_err(e, &p)),
+            Ok(Some(Err(e))) => return Err(stream_err(e)),
             Ok(Some(Ok(ev))) => ev,
         };
         if ev.is_comment_only() {
@@ -452,7 +452,7 @@ impl Relay {
                     return self.fail("upstream closed the stream before it finished");
                 }
                 Ok(Some(Err(e))) => {
-                    let e = stream_err(e, &self.provider);
+                    let e = stream_err(e);
                     if self.finished && matches!(e, AttemptError::Transport(_)) {
                         // Complete answer; the upstream dropped the connection (e.g. no final
                         // chunk of a chunked body) instead of sending the terminator.
