@@ -131,7 +131,7 @@ pub fn failovers(trace_id: &str, model: &str, attempts: &[AttemptRecord]) {
 /// The info line for a finished request (called when its trace completes, on the trace writer's
 /// thread). Written straight into the line buffer when the line's format allows it (JSON, or text
 /// without colours), in exactly the subscriber's layout: the subscriber's formatter costs ~17 k
-/// instructions per line (issue 8 profile), this ~3 k. Colours (a terminal) take the subscriber.
+/// instructions per line (issue 8 profile), this ~5 k. Colours (a terminal) take the subscriber.
 pub fn request_finished(r: &TraceRecord) {
     match FAST.get() {
         Some(&format) => {
