@@ -188,19 +188,14 @@ impl std::fmt::Display for NoControl<'_> {
 
 /// Appends a line to this thread's batch, or writes it to stderr at once when not batching.
 fn write_line(fill: impl FnOnce(&mut Vec<u8>)) {
-    let mut fill = Some(fill);
-    BATCH.with(|b| {
-        if let Some(v) = b.borrow_mut().as_mut() {
-            if let Some(f) = fill.take() {
-                f(v);
-            }
+    BATCH.with(|b| match b.borrow_mut().as_mut() {
+        Some(batch) => fill(batch),
+        None => {
+            let mut line = Vec::with_capacity(320);
+            fill(&mut line);
+            let _ = std::io::stderr().write_all(&line);
         }
     });
-    if let Some(f) = fill {
-        let mut v = Vec::with_capacity(320);
-        f(&mut v);
-        let _ = std::io::stderr().write_all(&v);
-    }
 }
 
 /// The request line as tracing-subscriber's `Full` text format (no colours) or its flattened

@@ -295,7 +295,7 @@ impl Metrics {
         let (Some(p), [a]) = (r.provider.as_deref(), r.attempts.as_slice()) else {
             return false;
         };
-        if r.status.as_str() != "ok"
+        if r.status != crate::traces::TraceStatus::Ok
             || a.outcome != AttemptOutcome::Ok
             || a.reason.is_some()
             || a.provider != p

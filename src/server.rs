@@ -342,9 +342,9 @@ impl FastRoute {
             return None;
         }
         match req.uri().path() {
-            "/v1/chat/completions" => Some(FastRoute::Chat),
-            "/v1/messages" => Some(FastRoute::Messages),
-            "/v1/embeddings" => Some(FastRoute::Embeddings),
+            proxy::CHAT_PATH => Some(FastRoute::Chat),
+            proxy::MESSAGES_PATH => Some(FastRoute::Messages),
+            proxy::EMBEDDINGS_PATH => Some(FastRoute::Embeddings),
             _ => None,
         }
     }
@@ -533,8 +533,8 @@ async fn track_request(State(g): State<Guard>, req: Request, next: Next) -> Resp
     track(g, req, |req| next.run(req)).await
 }
 
-/// The guard every request passes (as axum middleware, or called directly on the fast path for
-/// chat completions): refused while shutting down, shed past `max_in_flight`, the request body
+/// The guard every request passes (as axum middleware, or called directly for the
+/// [`FastRoute`]s): refused while shutting down, shed past `max_in_flight`, the request body
 /// under an idle timeout, the response body cut on a forced shutdown, and counted while open.
 async fn track<F, Fut>(g: Guard, req: Request, next: F) -> Response
 where

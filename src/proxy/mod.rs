@@ -20,13 +20,18 @@ use axum::{Json, Router};
 use state::AppState;
 use std::sync::Arc;
 
+/// The proxy routes' paths (the router's and the server's fast path's).
+pub const CHAT_PATH: &str = "/v1/chat/completions";
+pub const MESSAGES_PATH: &str = "/v1/messages";
+pub const EMBEDDINGS_PATH: &str = "/v1/embeddings";
+
 /// Builds the application router.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route(CHAT_PATH, post(chat::chat_completions))
         .route("/v1/models", get(chat::list_models))
-        .route("/v1/messages", post(messages::messages))
-        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route(MESSAGES_PATH, post(messages::messages))
+        .route(EMBEDDINGS_PATH, post(embeddings::embeddings))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))
