@@ -377,15 +377,16 @@ async fn over_max_in_flight_requests_are_shed_with_503_and_admin_routes_still_an
     m.set_default(Step::ok_chat("back"));
     let r = until_admitted(&p).await;
     assert_eq!(r.status(), 200);
-    // All three slots are free again.
+    // All three slots are free again. (Count the hits before spawning: the spawned requests may
+    // reach the mock before this task runs again.)
     m.set_default(Step::hang());
+    let before = m.hits();
     let held: Vec<_> = (0..3)
         .map(|_| {
             let (c, url) = (p.client.clone(), format!("{}/v1/chat/completions", p.url));
             tokio::spawn(async move { c.post(url).json(&chat_body("m")).send().await })
         })
         .collect();
-    let before = m.hits();
     wait_hits(&m, before + 3).await;
     assert_eq!(p.chat("m").await.status(), 503);
     for h in held {
