@@ -174,6 +174,26 @@ fn start_traces(config: &Config) -> (TraceSink, Option<TraceWriter>, Option<std:
     }
 }
 
+/// Connections the kernel may queue for the accept loop. std and mio listen with 128: a burst
+/// of clients larger than that (agents opening their connections at once) overflows the queue,
+/// the kernel drops the handshakes it has no room for, and those clients wait for SYN
+/// retransmits (1 s, 3 s, ...). The kernel caps this at `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as std does,
+/// so a restart does not wait for the old connections' TIME_WAIT).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds `config.listen` (or `listener` when given) and serves until shut down.
 pub async fn start(config: Config, listener: Option<TcpListener>) -> std::io::Result<Running> {
     start_with(config, listener, StartOptions::default()).await
@@ -187,7 +207,7 @@ pub async fn start_with(
 ) -> std::io::Result<Running> {
     let listener = match listener {
         Some(l) => l,
-        None => TcpListener::bind(config.listen).await?,
+        None => bind(config.listen)?,
     };
     let addr = listener.local_addr()?;
     // Before the providers' runtime state is built: upstream clients keep one pool per worker.
@@ -739,5 +759,38 @@ impl http_body::Body for CutBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    /// The accept queue is `LISTEN_BACKLOG` deep (or the kernel's cap): for a listening socket
+    /// Linux reports the queue's maximum in `tcp_info.tcpi_sacked`.
+    #[tokio::test]
+    async fn listens_with_a_deep_accept_queue() {
+        let l = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(info.tcpi_sacked, super::LISTEN_BACKLOG.min(somaxconn));
+        // And the bound address is what the caller asked for.
+        assert_eq!(l.local_addr().unwrap().ip().to_string(), "127.0.0.1");
     }
 }
