@@ -274,8 +274,10 @@ async fn with_an_api_key_the_image_serves_and_its_healthcheck_passes() {
     let mut cmd = image_command(&img, home.path(), port, &key);
     cmd.arg("serve");
     let server = Server::spawn(cmd, port).await;
+    // The port accepts connections as soon as it is bound, before the startup discovery of
+    // the ollama provider (up to 2 s) and this line.
     let line = server
-        .wait_log("stockyard listening", std::time::Duration::from_secs(5))
+        .wait_log("stockyard listening", std::time::Duration::from_secs(20))
         .await;
     assert!(
         line.contains(&format!("addr=0.0.0.0:{port}")),
@@ -334,7 +336,12 @@ async fn allow_unauthenticated_opens_the_image_explicitly() {
     let allow = [("STOCKYARD_ALLOW_UNAUTHENTICATED", "true")];
     let mut cmd = image_command(&img, home.path(), port, &allow);
     cmd.arg("serve");
-    let _server = Server::spawn(cmd, port).await;
+    let server = Server::spawn(cmd, port).await;
+    // Serving, not only bound: until the startup discovery of the ollama provider is done (up
+    // to 2 s) connections wait in the backlog, which could outlast the 2 s health timeout.
+    server
+        .wait_log("stockyard listening", std::time::Duration::from_secs(20))
+        .await;
     let o = image_command(&img, home.path(), port, &allow)
         .args(["health", "--timeout", "2"])
         .output()

@@ -39,8 +39,10 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>
 /// closes the connection. Returns how long the server let it go on and how many bytes it sent.
 async fn slowloris(address: String, every: Duration) -> (Duration, usize) {
     let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: stockyard\r\nContent-Type: application/json\r\nContent-Length: 60\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-    let mut s = TcpStream::connect(&address).await.unwrap();
+    // Before connecting: the server's deadline cannot start before its accept, which may run
+    // before this task resumes after `connect`.
     let t0 = Instant::now();
+    let mut s = TcpStream::connect(&address).await.unwrap();
     let mut sent = 0;
     for b in head.as_bytes() {
         if s.write_all(&[*b]).await.is_err() {
@@ -97,6 +99,9 @@ async fn silent_and_idle_keep_alive_connections_are_closed_after_the_timeout() {
     let mut silent = TcpStream::connect(addr(&p)).await.unwrap();
     // Sends one complete request, reads the answer, then keeps the connection idle.
     let mut idle = TcpStream::connect(addr(&p)).await.unwrap();
+    // Before the request: the server's idle deadline starts once it has written the answer,
+    // possibly well before this task gets to read it.
+    let t0 = Instant::now();
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -107,7 +112,6 @@ async fn silent_and_idle_keep_alive_connections_are_closed_after_the_timeout() {
         assert!(n > 0, "closed before answering");
         got.extend_from_slice(&buf[..n]);
     }
-    let t0 = Instant::now();
     assert_eq!(
         p.state().runtime().config.header_read_timeout,
         Duration::from_secs(1)
@@ -216,6 +220,9 @@ async fn a_stalled_request_body_is_answered_and_frees_its_slot() {
     ))
     .await;
     let mut s = TcpStream::connect(addr(&p)).await.unwrap();
+    // Before the write: the server's body deadline starts once it has read these bytes, so the
+    // answer cannot come sooner than a full timeout after this.
+    let t0 = Instant::now();
     s.write_all(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":",
     )
@@ -223,7 +230,6 @@ async fn a_stalled_request_body_is_answered_and_frees_its_slot() {
     .unwrap();
     // While it stalls it holds the only slot.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let t0 = Instant::now();
     let out = read_until_closed(&mut s, Duration::from_secs(20))
         .await
         .expect("a stalled body is never answered");
@@ -231,7 +237,7 @@ async fn a_stalled_request_body_is_answered_and_frees_its_slot() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("header_read_timeout"), "{out}");
     assert!(
-        t0.elapsed() >= Duration::from_millis(600),
+        t0.elapsed() >= Duration::from_millis(900),
         "{:?}",
         t0.elapsed()
     );
@@ -273,18 +279,6 @@ async fn header_read_timeout_and_max_in_flight_are_validated() {
 // ---------------------------------------------------------------------------------------------
 // max_in_flight
 // ---------------------------------------------------------------------------------------------
-
-async fn wait_hits(m: &MockUpstream, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while m.hits() < n {
-        assert!(
-            Instant::now() < deadline,
-            "mock got {} of {n} requests",
-            m.hits()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Retries `POST /v1/chat/completions` until it is not shed (slots free up asynchronously once
 /// the held requests are gone).
@@ -332,7 +326,7 @@ async fn over_max_in_flight_requests_are_shed_with_503_and_admin_routes_still_an
             tokio::spawn(async move { c.post(url).json(&chat_body("m")).send().await })
         })
         .collect();
-    wait_hits(&m, 3).await;
+    m.wait_hits(3).await;
 
     // Chat, messages and embeddings are all shed, before the body is even read.
     for (path, body) in [
@@ -377,8 +371,12 @@ async fn over_max_in_flight_requests_are_shed_with_503_and_admin_routes_still_an
     m.set_default(Step::ok_chat("back"));
     let r = until_admitted(&p).await;
     assert_eq!(r.status(), 200);
-    // All three slots are free again. (Count the hits before spawning: the spawned requests may
-    // reach the mock before this task runs again.)
+    drop(r);
+    // All three slots are free again. (One admitted request only proves one slot came back: the
+    // other aborted requests, and this answer's own body, give theirs back asynchronously, so
+    // wait for them before holding three again. Count the hits before spawning: the spawned
+    // requests may reach the mock before this task runs again.)
+    p.wait_idle().await;
     m.set_default(Step::hang());
     let before = m.hits();
     let held: Vec<_> = (0..3)
@@ -387,7 +385,7 @@ async fn over_max_in_flight_requests_are_shed_with_503_and_admin_routes_still_an
             tokio::spawn(async move { c.post(url).json(&chat_body("m")).send().await })
         })
         .collect();
-    wait_hits(&m, before + 3).await;
+    m.wait_hits(before + 3).await;
     assert_eq!(p.chat("m").await.status(), 503);
     for h in held {
         h.abort();
@@ -436,7 +434,7 @@ async fn max_in_flight_follows_a_reload() {
     let p = Proxy::start_file(&path).await;
     let (c, url) = (p.client.clone(), format!("{}/v1/chat/completions", p.url));
     let held = tokio::spawn(async move { c.post(url).json(&chat_body("m")).send().await });
-    wait_hits(&m, 1).await;
+    m.wait_hits(1).await;
     assert_eq!(p.chat("m").await.status(), 503);
     std::fs::write(&path, one(&m.url(), "max_in_flight: 2\n")).unwrap();
     let (s, v) = p.post_json("/api/proxy/reload", &[]).await;
@@ -676,16 +674,41 @@ mod many {
         t.elapsed()
     }
 
-    /// Opens `n` connections: half send one complete keep-alive request (and read the answer)
-    /// and keep the connection, half only connect.
-    async fn open_many(port: u16, n: usize) -> Vec<TcpStream> {
-        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
-        let mut tasks = Vec::with_capacity(n);
-        for i in 0..n {
-            let sem = sem.clone();
+    /// Opens `n` connections to the server `pid` (which had `base_fds` fds open): half send one
+    /// complete keep-alive request (and read the answer) and keep the connection, half only
+    /// connect. In batches smaller than the server's listen backlog (128), each accepted before
+    /// the next: past the backlog the kernel answers with SYN cookies and drops handshake ACKs
+    /// it has no room for, and a client that only connects then looks connected to a server
+    /// that never sees it (a loaded machine, slow to accept, got there with 256 at once).
+    async fn open_many(port: u16, pid: i32, base_fds: usize, n: usize) -> Vec<TcpStream> {
+        const BATCH: usize = 64;
+        let mut conns = Vec::with_capacity(n);
+        for first in (0..n).step_by(BATCH) {
+            let batch = connect_batch(port, first..(first + BATCH).min(n)).await;
+            conns.extend(batch);
+            let deadline = Instant::now() + Duration::from_secs(180);
+            loop {
+                // (A few fds of the baseline come and go, as below.)
+                let f = open_fds(pid);
+                if f + 16 >= base_fds + conns.len() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} connections opened, the server has {f} fds open (baseline {base_fds})",
+                    conns.len()
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        conns
+    }
+
+    async fn connect_batch(port: u16, ids: std::ops::Range<usize>) -> Vec<TcpStream> {
+        let mut tasks = Vec::with_capacity(ids.len());
+        for i in ids {
             let address = format!("127.0.0.1:{port}");
             tasks.push(tokio::spawn(async move {
-                let _permit = sem.acquire().await.unwrap();
                 let mut s = TcpStream::connect(&address).await.unwrap();
                 if i % 2 == 0 {
                     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -702,7 +725,7 @@ mod many {
                 s
             }));
         }
-        let mut conns = Vec::with_capacity(n);
+        let mut conns = Vec::with_capacity(tasks.len());
         for t in tasks {
             conns.push(t.await.unwrap());
         }
@@ -749,7 +772,7 @@ mod many {
         let base_threads = proc_status(pid, "Threads:");
         let baseline_latency = fresh_chat(&url).await;
 
-        let conns = open_many(port, n).await;
+        let conns = open_many(port, pid, base_fds, n).await;
         // The server really holds them all.
         // (A few fds of the baseline come and go: the upstream pool, the last client's socket.)
         let held = wait_fds(
@@ -798,7 +821,7 @@ mod many {
         // connections must mostly reuse that memory: it may add some (fragmentation, which
         // shrinks round after round), but a per-connection leak would add as much as the first
         // round took.
-        let conns = open_many(port, n).await;
+        let conns = open_many(port, pid, base_fds, n).await;
         wait_fds(pid, |f| f + 16 >= base_fds + n, "second round not accepted").await;
         let again = proc_status(pid, "VmRSS:");
         drop(conns);

@@ -403,18 +403,20 @@ async fn stall_hang_and_client_cancellation() {
         .await
         .is_err());
     drop(s);
-    assert!(m.wait_client_closed(Duration::from_secs(2)).await);
+    assert!(m.wait_client_closed(Duration::from_secs(10)).await);
 
-    // Hang: the client times out waiting for headers.
+    // Hang: the client times out waiting for headers. (Long enough for the request to reach the
+    // mock first on a loaded machine: a close before that is no cancellation.)
     m.push(Step::hang());
     let e = client()
         .post(format!("{}/chat/completions", m.url()))
-        .timeout(Duration::from_millis(200))
+        .timeout(Duration::from_millis(1000))
         .send()
         .await
         .unwrap_err();
     assert!(e.is_timeout());
-    assert!(m.wait_client_closed(Duration::from_secs(2)).await);
+    assert_eq!(m.hits(), 2);
+    assert!(m.wait_client_closed(Duration::from_secs(10)).await);
     // Each close is consumed once.
     assert!(!m.wait_client_closed(Duration::from_millis(50)).await);
     assert_eq!(m.client_cancels(), 2);
@@ -442,7 +444,7 @@ async fn drop_closes_listener_and_connections() {
     let addr = m.addr;
     m.push(Step::hang());
     let pending = tokio::spawn(post_owned(m.url()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    m.wait_hits(1).await;
     assert_eq!(m.hits(), 1);
     drop(m);
     let res = tokio::time::timeout(Duration::from_secs(2), pending)

@@ -70,16 +70,8 @@ fn slow_stream() -> Step {
     ])
 }
 
-async fn wait_hits(m: &MockUpstream, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while m.hits() < n {
-        assert!(Instant::now() < deadline, "mock never got {n} requests");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn wait_refused(server: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !server.refuses_connections() {
         assert!(
             Instant::now() < deadline,
@@ -100,7 +92,7 @@ async fn sigterm_drains_in_flight_requests_and_streams_then_exits_0() {
     let url = format!("{}/v1/chat/completions", server.url());
 
     let plain = tokio::spawn(client.post(&url).json(&chat_body("m")).send());
-    wait_hits(&m, 1).await;
+    m.wait_hits(1).await;
     let mut body = chat_body("m");
     body["stream"] = json!(true);
     let stream = client.post(&url).json(&body).send().await.unwrap();
@@ -114,7 +106,7 @@ async fn sigterm_drains_in_flight_requests_and_streams_then_exits_0() {
     server.signal(libc::SIGTERM);
     wait_refused(&server).await;
     server
-        .wait_log("shutting down", Duration::from_secs(2))
+        .wait_log("shutting down", Duration::from_secs(10))
         .await;
     assert!(server.running(), "still draining");
 
@@ -166,21 +158,22 @@ async fn a_second_signal_exits_at_once() {
             .json(&chat_body("m"))
             .send(),
     );
-    wait_hits(&m, 1).await;
+    m.wait_hits(1).await;
     server.signal(libc::SIGTERM);
     server
-        .wait_log("shutting down", Duration::from_secs(2))
+        .wait_log("shutting down", Duration::from_secs(10))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(server.running(), "waits for the hanging request");
 
     let t = Instant::now();
     server.signal(libc::SIGINT);
+    // "At once": well before the 30 s shutdown_grace the first signal started.
     let status = server
-        .wait_exit(Duration::from_secs(3))
+        .wait_exit(Duration::from_secs(15))
         .await
         .expect("exits after the second signal");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_eq!(status.code(), Some(128 + libc::SIGINT));
     assert!(server.stderr().contains("second signal"));
     // The hanging request was cut: the connection closed, or (when the process got that far
@@ -205,7 +198,7 @@ async fn when_the_grace_period_runs_out_requests_are_cut_and_traced() {
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", server.url());
     let hanging = tokio::spawn(client.post(&url).json(&chat_body("m")).send());
-    wait_hits(&m, 1).await;
+    m.wait_hits(1).await;
     let mut body = chat_body("m");
     body["stream"] = json!(true);
     let stream = client.post(&url).json(&body).send().await.unwrap();

@@ -6,10 +6,25 @@ mod common;
 use common::mock::{MockUpstream, SseEv, Step};
 use common::{chat_body, hdr, two, Proxy};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 async fn pair() -> (MockUpstream, MockUpstream) {
     (MockUpstream::start().await, MockUpstream::start().await)
+}
+
+/// The trace of a request that has ended, polling (up to 20 s): a request whose client went away
+/// is traced when the proxy drops it, which is not ordered with what the test observes.
+async fn trace_of(p: &Proxy, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        p.flush().await;
+        let (s, v) = p.get_json(&format!("/api/traces/{id}")).await;
+        if s == 200 {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "no trace {id}: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -114,18 +129,26 @@ async fn client_disconnect_is_recorded_as_client_closed() {
         a.url()
     ))
     .await;
-    let quick = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let _ = quick
-        .post(format!("{}/v1/chat/completions", p.url))
-        .json(&chat_body("m"))
-        .send()
-        .await;
-    assert!(a.wait_client_closed(Duration::from_secs(1)).await);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let rows = p.traces("").await;
+    // The client goes away once its request is at the upstream (a fixed client timeout could
+    // fire before the request got there on a slow machine).
+    let (client, url) = (p.client.clone(), format!("{}/v1/chat/completions", p.url));
+    let pending = tokio::spawn(async move { client.post(url).json(&chat_body("m")).send().await });
+    a.wait_hits(1).await;
+    pending.abort();
+    assert!(a.wait_client_closed(Duration::from_secs(10)).await);
+    // The trace is written when the proxy drops the request: poll for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let rows = p.traces("").await;
+        if !rows.is_empty() {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no trace of the abandoned request"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["status"], "client_closed");
     let t = p.trace(rows[0]["id"].as_str().unwrap()).await;
@@ -161,10 +184,9 @@ async fn streams_are_traced_ok_error_and_client_closed() {
     let gone_id = hdr(&r, "x-stockyard-trace-id");
     let _ = r.chunk().await.unwrap();
     drop(r);
-    assert!(a.wait_client_closed(Duration::from_secs(2)).await);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(a.wait_client_closed(Duration::from_secs(10)).await);
 
-    let t = p.trace(&ok_id).await;
+    let t = trace_of(&p, &ok_id).await;
     assert_eq!(
         (t["status"].as_str(), t["stream"].as_bool()),
         (Some("ok"), Some(true))
@@ -174,10 +196,10 @@ async fn streams_are_traced_ok_error_and_client_closed() {
         (Some(10), Some(5))
     );
     assert!(t["ttft_ms"].is_number());
-    let t = p.trace(&cut_id).await;
+    let t = trace_of(&p, &cut_id).await;
     assert_eq!(t["status"], "error");
     assert!(t["error"].as_str().is_some_and(|e| !e.is_empty()), "{t}");
-    let t = p.trace(&gone_id).await;
+    let t = trace_of(&p, &gone_id).await;
     assert_eq!(t["status"], "client_closed");
 }
 

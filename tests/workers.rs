@@ -129,7 +129,9 @@ async fn shutdown_waits_for_requests_in_flight_on_workers() {
             r.text().await.unwrap()
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The stream is at the upstream (it takes the queued stream step) before the plain request
+    // is sent, and both are in flight before the shutdown starts.
+    a.wait_hits(1).await;
     let plain = tokio::spawn({
         let c = one_connection();
         let url = url.clone();
@@ -143,7 +145,7 @@ async fn shutdown_waits_for_requests_in_flight_on_workers() {
             (r.status().as_u16(), r.text().await.unwrap())
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.wait_hits(2).await;
     let t0 = Instant::now();
     p.stop().await;
     assert!(

@@ -121,6 +121,25 @@ impl Proxy {
         &self.running.as_ref().unwrap().state
     }
 
+    /// Requests (handlers and response bodies) the server is still running, of any route.
+    pub fn in_flight(&self) -> usize {
+        self.running.as_ref().unwrap().in_flight()
+    }
+
+    /// Waits (up to 20 s) until the server runs no request at all: every slot of the ones that
+    /// finished or whose client went away has really been given back.
+    pub async fn wait_idle(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.in_flight() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} requests still in flight",
+                self.in_flight()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn chat(&self, model: &str) -> reqwest::Response {
         self.post_chat(chat_body(model)).await
     }
