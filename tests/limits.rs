@@ -676,10 +676,11 @@ mod many {
 
     /// Opens `n` connections to the server `pid` (which had `base_fds` fds open): half send one
     /// complete keep-alive request (and read the answer) and keep the connection, half only
-    /// connect. In batches smaller than the server's listen backlog (128), each accepted before
-    /// the next: past the backlog the kernel answers with SYN cookies and drops handshake ACKs
-    /// it has no room for, and a client that only connects then looks connected to a server
-    /// that never sees it (a loaded machine, slow to accept, got there with 256 at once).
+    /// connect. In batches well inside the accept queue, each accepted before the next: past
+    /// the queue the kernel answers with SYN cookies and drops handshake ACKs it has no room
+    /// for, and a client that only connects then looks connected to a server that never sees it
+    /// (a loaded machine got there with 256 at once when the queue was std's 128; it is now
+    /// `stockyard::server::LISTEN_BACKLOG`, capped by `net.core.somaxconn`, which CI may set low).
     async fn open_many(port: u16, pid: i32, base_fds: usize, n: usize) -> Vec<TcpStream> {
         const BATCH: usize = 64;
         let mut conns = Vec::with_capacity(n);
