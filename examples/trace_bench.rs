@@ -398,7 +398,7 @@ fn writer_backpressure(
 fn direct(name: &str, conn: &mut Connection, recs: &[TraceRecord], batch: usize) -> InsertResult {
     let t0 = Instant::now();
     for chunk in recs.chunks(batch) {
-        traces::insert_batch(conn, chunk).expect("insert_batch");
+        traces::insert_batch(conn, chunk, || {}).expect("insert_batch");
     }
     InsertResult {
         name: name.into(),
@@ -672,7 +672,7 @@ fn main() {
             let k = left.min(FILL_BATCH as u64);
             let recs = gen.take(k);
             let t = Instant::now();
-            traces::insert_batch(&mut conn, &recs).expect("fill");
+            traces::insert_batch(&mut conn, &recs, || {}).expect("fill");
             secs += t.elapsed().as_secs_f64();
             left -= k;
         }
