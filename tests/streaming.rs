@@ -314,22 +314,6 @@ async fn pair() -> (MockUpstream, MockUpstream) {
     (MockUpstream::start().await, MockUpstream::start().await)
 }
 
-/// The trace of a finished request. A stream's trace is written when its body ends, which can be
-/// a moment after the client has read the last byte, so poll (generously: the deadline only
-/// matters when the trace never comes).
-async fn trace_of(p: &Proxy, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        p.flush().await;
-        let (s, v) = p.get_json(&format!("/api/traces/{id}")).await;
-        if s == 200 {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "no trace {id}: {s} {v}");
-        tokio::time::sleep(ms(20)).await;
-    }
-}
-
 /// Model name used in the chunks of the provider that fails, so its bytes can be traced.
 const A_MODEL: &str = "model-from-a";
 const B_TEXT: &str = "Answer from b";
@@ -468,7 +452,7 @@ async fn run_failover_case(case: Case) {
             "{ctx}: took {took:?}"
         );
         // The trace records the failed attempt and the one that answered.
-        let t = trace_of(&p, &trace_id).await;
+        let t = p.wait_trace(&trace_id).await;
         assert_eq!(t["status"], "ok", "{ctx}: {t}");
         assert_eq!(t["provider"], "b", "{ctx}: {t}");
         assert_eq!(t["stream"], streaming, "{ctx}: {t}");
@@ -885,7 +869,7 @@ async fn interruption_after_content_ends_with_stream_error() {
             took >= case.min && took < case.min + Duration::from_secs(5),
             "{ctx}: {took:?}"
         );
-        let t = trace_of(&p, &s.header("x-stockyard-trace-id")).await;
+        let t = p.wait_trace(&s.header("x-stockyard-trace-id")).await;
         assert_eq!(
             (t["status"].as_str(), t["provider"].as_str()),
             (Some("error"), Some("a")),
@@ -973,7 +957,7 @@ async fn missing_done_after_finish_is_synthesized() {
         };
         let s = stream(&p, body).await;
         s.assert_clean("All done", ctx);
-        let t = trace_of(&p, &s.header("x-stockyard-trace-id")).await;
+        let t = p.wait_trace(&s.header("x-stockyard-trace-id")).await;
         assert_eq!(t["status"], "ok", "{ctx}: {t}");
         assert_eq!(
             s.events.iter().filter(|e| e.is_usage_only()).count(),
@@ -1307,7 +1291,7 @@ async fn usage_is_requested_upstream_and_only_relayed_when_asked() {
         let s = stream(&p, body).await;
         s.assert_clean("Hello from mock", ctx);
         // The tokens are recorded whether or not the client sees the usage chunk.
-        let t = trace_of(&p, &s.header("x-stockyard-trace-id")).await;
+        let t = p.wait_trace(&s.header("x-stockyard-trace-id")).await;
         assert_eq!(
             (t["tokens_in"].as_i64(), t["tokens_out"].as_i64()),
             (Some(10), Some(5)),

@@ -12,21 +12,6 @@ async fn pair() -> (MockUpstream, MockUpstream) {
     (MockUpstream::start().await, MockUpstream::start().await)
 }
 
-/// The trace of a request that has ended, polling (up to 20 s): a request whose client went away
-/// is traced when the proxy drops it, which is not ordered with what the test observes.
-async fn trace_of(p: &Proxy, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        p.flush().await;
-        let (s, v) = p.get_json(&format!("/api/traces/{id}")).await;
-        if s == 200 {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "no trace {id}: {s} {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn success_and_failover_rows_with_attempts_tokens_and_cost() {
     let (a, b) = pair().await;
@@ -186,7 +171,7 @@ async fn streams_are_traced_ok_error_and_client_closed() {
     drop(r);
     assert!(a.wait_client_closed(Duration::from_secs(10)).await);
 
-    let t = trace_of(&p, &ok_id).await;
+    let t = p.wait_trace(&ok_id).await;
     assert_eq!(
         (t["status"].as_str(), t["stream"].as_bool()),
         (Some("ok"), Some(true))
@@ -196,10 +181,10 @@ async fn streams_are_traced_ok_error_and_client_closed() {
         (Some(10), Some(5))
     );
     assert!(t["ttft_ms"].is_number());
-    let t = trace_of(&p, &cut_id).await;
+    let t = p.wait_trace(&cut_id).await;
     assert_eq!(t["status"], "error");
     assert!(t["error"].as_str().is_some_and(|e| !e.is_empty()), "{t}");
-    let t = trace_of(&p, &gone_id).await;
+    let t = p.wait_trace(&gone_id).await;
     assert_eq!(t["status"], "client_closed");
 }
 

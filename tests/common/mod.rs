@@ -117,6 +117,25 @@ impl Proxy {
         v
     }
 
+    /// The trace of a request that has ended, polling (up to 20 s): a stream's trace is written
+    /// when its body ends and an abandoned request's when the proxy drops it, neither ordered
+    /// with what the test observes.
+    pub async fn wait_trace(&self, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            self.flush().await;
+            let (s, v) = self.get_json(&format!("/api/traces/{id}")).await;
+            if s == 200 {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no trace {id}: {s} {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn state(&self) -> &std::sync::Arc<stockyard::proxy::state::AppState> {
         &self.running.as_ref().unwrap().state
     }
