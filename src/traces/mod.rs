@@ -370,8 +370,8 @@ fn writer_loop(
 /// Writes one group commit. While the queue is short the writer steps aside every few rows
 /// (`sched_yield`): a commit is ~1 ms of CPU at 8k requests/s, and the connection workers,
 /// woken onto this thread's core meanwhile, used to wait behind it: at one connection the added
-/// p99 was 590-650 µs with traces on and 70-110 µs with them off; stepping aside brought it to
-/// 160-175 µs (bench/profile.md, fifth pass). When the writer is behind (more than a batch
+/// p99 was 400-500 µs with traces on and 70-115 µs with them off; stepping aside brought it to
+/// 160-215 µs (bench/profile.md, fifth pass). When the writer is behind (more than a batch
 /// queued) it writes flat out, so a saturated proxy does not fill the queue and drop traces.
 fn write_batch(
     conn: &mut rusqlite::Connection,
