@@ -1322,9 +1322,7 @@ async fn client_gone_in_flight() {
         };
         // The client gives up once its request is at the upstream (a fixed client timeout could
         // fire before the request got there on a loaded machine).
-        let (client, url) = (p.client.clone(), format!("{}/v1/chat/completions", p.url));
-        let pending =
-            tokio::spawn(async move { client.post(url).json(&chat_body("m")).send().await });
+        let pending = p.spawn_chat(chat_body("m"));
         a.wait_hits(i + 1).await;
         assert!(!pending.is_finished(), "{ctx}: answered early");
         pending.abort();

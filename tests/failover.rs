@@ -391,11 +391,7 @@ async fn concurrent_requests_skip_while_the_half_open_probe_is_in_flight() {
     assert_eq!(p.breaker("a").0, "open");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     a.set_default(Step::ok_chat("slow probe").delay_headers(Duration::from_millis(1500)));
-    let probe = {
-        let c = p.client.clone();
-        let url = format!("{}/v1/chat/completions", p.url);
-        tokio::spawn(async move { c.post(url).json(&chat_body("m")).send().await.unwrap() })
-    };
+    let probe = p.spawn_chat(chat_body("m"));
     // The probe has reached `a` (so it holds the half-open slot) before the others start.
     a.wait_hits(3).await;
     let others = futures::future::join_all((0..5).map(|_| p.chat("m"))).await;
@@ -406,7 +402,7 @@ async fn concurrent_requests_skip_while_the_half_open_probe_is_in_flight() {
             "skipped while the probe runs"
         );
     }
-    let r = probe.await.unwrap();
+    let r = probe.await.unwrap().unwrap();
     assert_eq!(hdr(&r, "x-stockyard-provider"), "a");
     assert_eq!(a.hits(), 3, "exactly one probe");
     assert_eq!(p.breaker("a").0, "closed");
@@ -697,15 +693,14 @@ async fn max_concurrency_skips_a_full_provider() {
     let (a, b) = pair().await;
     a.push(Step::ok_chat("slow").delay_headers(Duration::from_millis(1000)));
     let p = Proxy::start(&two(&a.url(), &b.url(), ", max_concurrency: 1", "")).await;
-    let first = {
-        let c = p.client.clone();
-        let url = format!("{}/v1/chat/completions", p.url);
-        tokio::spawn(async move { c.post(url).json(&chat_body("m")).send().await.unwrap() })
-    };
+    let first = p.spawn_chat(chat_body("m"));
     // The first request holds a's only slot (it is at the upstream) before the second starts.
     a.wait_hits(1).await;
     let r = p.chat("m").await;
     assert_eq!(hdr(&r, "x-stockyard-provider"), "b");
-    assert_eq!(hdr(&first.await.unwrap(), "x-stockyard-provider"), "a");
+    assert_eq!(
+        hdr(&first.await.unwrap().unwrap(), "x-stockyard-provider"),
+        "a"
+    );
     assert_eq!(a.hits(), 1);
 }

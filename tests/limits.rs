@@ -320,12 +320,7 @@ async fn over_max_in_flight_requests_are_shed_with_503_and_admin_routes_still_an
     m.set_default(Step::hang());
     let p = Proxy::start(&one(&m.url(), "max_in_flight: 3\n")).await;
     assert_eq!(shed_count(&metrics(&p).await), 0);
-    let held: Vec<_> = (0..3)
-        .map(|_| {
-            let (c, url) = (p.client.clone(), format!("{}/v1/chat/completions", p.url));
-            tokio::spawn(async move { c.post(url).json(&chat_body("m")).send().await })
-        })
-        .collect();
+    let held: Vec<_> = (0..3).map(|_| p.spawn_chat(chat_body("m"))).collect();
     m.wait_hits(3).await;
 
     // Chat, messages and embeddings are all shed, before the body is even read.
@@ -379,12 +374,7 @@ async fn over_max_in_flight_requests_are_shed_with_503_and_admin_routes_still_an
     p.wait_idle().await;
     m.set_default(Step::hang());
     let before = m.hits();
-    let held: Vec<_> = (0..3)
-        .map(|_| {
-            let (c, url) = (p.client.clone(), format!("{}/v1/chat/completions", p.url));
-            tokio::spawn(async move { c.post(url).json(&chat_body("m")).send().await })
-        })
-        .collect();
+    let held: Vec<_> = (0..3).map(|_| p.spawn_chat(chat_body("m"))).collect();
     m.wait_hits(before + 3).await;
     assert_eq!(p.chat("m").await.status(), 503);
     for h in held {
@@ -432,8 +422,7 @@ async fn max_in_flight_follows_a_reload() {
     let path = dir.path().join("stockyard.yaml");
     std::fs::write(&path, one(&m.url(), "max_in_flight: 1\n")).unwrap();
     let p = Proxy::start_file(&path).await;
-    let (c, url) = (p.client.clone(), format!("{}/v1/chat/completions", p.url));
-    let held = tokio::spawn(async move { c.post(url).json(&chat_body("m")).send().await });
+    let held = p.spawn_chat(chat_body("m"));
     m.wait_hits(1).await;
     assert_eq!(p.chat("m").await.status(), 503);
     std::fs::write(&path, one(&m.url(), "max_in_flight: 2\n")).unwrap();

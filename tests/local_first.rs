@@ -252,10 +252,7 @@ async fn a_busy_local_provider_is_skipped_at_once_and_its_503_is_retryable() {
         cloud.url()
     ))
     .await;
-    let url = format!("{}/v1/chat/completions", p.url);
-    let client = p.client.clone();
-    let first =
-        tokio::spawn(async move { client.post(url).json(&chat_body("m")).send().await.unwrap() });
+    let first = p.spawn_chat(chat_body("m"));
     // The first request holds local's only slot (it is at the upstream: the busy 503 above was
     // local's first POST) before the second starts.
     local.wait_hits(2).await;
@@ -271,7 +268,7 @@ async fn a_busy_local_provider_is_skipped_at_once_and_its_503_is_retryable() {
     let att = attempts_of(&p, &r).await;
     assert_eq!(att[0]["outcome"], "skipped");
     assert_eq!(att[0]["reason"], "overloaded");
-    let first = first.await.unwrap();
+    let first = first.await.unwrap().unwrap();
     assert_eq!(hdr(&first, "x-stockyard-provider"), "local");
 }
 

@@ -199,11 +199,7 @@ async fn in_flight_requests_finish_on_the_config_they_started_with() {
         &format!("providers:\n{}", provider("a", &a.url(), "")),
     );
     let p = Proxy::start_file(&path).await;
-    let slow = {
-        let client = p.client.clone();
-        let url = format!("{}/v1/chat/completions", p.url);
-        tokio::spawn(async move { client.post(url).json(&chat_body("m")).send().await })
-    };
+    let slow = p.spawn_chat(chat_body("m"));
     while a.hits() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

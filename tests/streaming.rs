@@ -1168,9 +1168,7 @@ async fn client_disconnect_cancels_upstream() {
     let p = Proxy::start(&one(&a.url(), "")).await;
     // The client gives up once its request is at the upstream and nothing came back for 300 ms
     // (a fixed client timeout alone could fire before the request got there).
-    let (client, url) = (p.client.clone(), format!("{}/v1/chat/completions", p.url));
-    let mut pending =
-        tokio::spawn(async move { client.post(url).json(&stream_body("m")).send().await });
+    let mut pending = p.spawn_chat(stream_body("m"));
     a.wait_hits(1).await;
     let give_up = tokio::time::timeout(ms(300), &mut pending).await;
     assert!(give_up.is_err(), "nothing may be sent before content");

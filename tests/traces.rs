@@ -116,8 +116,7 @@ async fn client_disconnect_is_recorded_as_client_closed() {
     .await;
     // The client goes away once its request is at the upstream (a fixed client timeout could
     // fire before the request got there on a slow machine).
-    let (client, url) = (p.client.clone(), format!("{}/v1/chat/completions", p.url));
-    let pending = tokio::spawn(async move { client.post(url).json(&chat_body("m")).send().await });
+    let pending = p.spawn_chat(chat_body("m"));
     a.wait_hits(1).await;
     pending.abort();
     assert!(a.wait_client_closed(Duration::from_secs(10)).await);

@@ -172,6 +172,19 @@ impl Proxy {
             .unwrap()
     }
 
+    /// Sends `POST /v1/chat/completions` with `body` from a task of its own: for requests a
+    /// test holds in flight, or abandons (aborting the task closes its connection).
+    pub fn spawn_chat(
+        &self,
+        body: Value,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let req = self
+            .client
+            .post(format!("{}/v1/chat/completions", self.url))
+            .json(&body);
+        tokio::spawn(req.send())
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let r = self
             .client
