@@ -379,25 +379,23 @@ fn write_batch(
     stats: &TraceStats,
     rx: &mpsc::Receiver<Msg>,
 ) {
-    {
-        let pace = || {
-            if rx.len() < BATCH {
-                std::thread::yield_now();
-            }
-        };
-        match insert_batch(conn, batch, pace) {
-            Ok(()) => {
-                stats
-                    .written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                let n = stats
-                    .dropped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed)
-                    + batch.len() as u64;
-                stats.log_drops(n, &format!("database error: {e}"));
-            }
+    let pace = || {
+        if rx.len() < BATCH {
+            std::thread::yield_now();
+        }
+    };
+    match insert_batch(conn, batch, pace) {
+        Ok(()) => {
+            stats
+                .written
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let n = stats
+                .dropped
+                .fetch_add(batch.len() as u64, Ordering::Relaxed)
+                + batch.len() as u64;
+            stats.log_drops(n, &format!("database error: {e}"));
         }
     }
 }
