@@ -73,6 +73,14 @@ fn quick_bench_writes_complete_results() {
     num(&open[0], "rate");
     num(&open[0], "added_us.p50");
     num(&open[0], "added_us.p99");
+    // The yardstick in the open loop: the bare forwarder at 50% of its own saturation.
+    let bare = field(&r, "open_loop_bare").as_array().unwrap();
+    assert_eq!(bare.len(), 1, "quick rate fractions are 0.5");
+    assert_eq!(num(&bare[0], "fraction"), 0.5);
+    assert!(num(&bare[0], "bare.requests") > 0.0, "{}", bare[0]);
+    assert_eq!(num(&bare[0], "bare.errors"), 0.0, "{}", bare[0]);
+    num(&bare[0], "added_us.p50");
+    num(&bare[0], "bare_cpu_us_per_req");
 
     let streams = field(&r, "streams").as_array().unwrap();
     assert_eq!(streams.len(), 2);

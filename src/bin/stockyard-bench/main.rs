@@ -439,6 +439,37 @@ impl Bench {
         }
         (d, s, b)
     }
+
+    /// Open-loop runs at one rate, alternating direct and a proxy (`pid`) `rounds` times.
+    fn open_runs(
+        &self,
+        direct: &Arc<Target>,
+        proxy: &Arc<Target>,
+        pid: u32,
+        rate: f64,
+    ) -> (Stats, Stats) {
+        let (mut d, mut s) = (Stats::default(), Stats::default());
+        for round in 0..self.plan.rounds {
+            let run = |t: &Arc<Target>, pid| {
+                self.rt.block_on(load::open(
+                    t.clone(),
+                    rate,
+                    self.plan.open_conns,
+                    self.plan.warm(),
+                    self.plan.dur(),
+                    pid,
+                ))
+            };
+            if round % 2 == 0 {
+                d.merge(&run(direct, None));
+                s.merge(&run(proxy, Some(pid)));
+            } else {
+                s.merge(&run(proxy, Some(pid)));
+                d.merge(&run(direct, None));
+            }
+        }
+        (d, s)
+    }
 }
 
 fn fail(msg: &str) -> ! {
@@ -593,12 +624,9 @@ fn main() {
             bare_rps,
             bare_ratio: bare_rps.filter(|_| dr > 0.0).map(|b| b / dr),
         });
-        if let Some((_, p)) = bare.take() {
-            p.stop();
-        }
     }
 
-    let mut open_levels = Vec::new();
+    let (mut open_levels, mut open_bare) = (Vec::new(), Vec::new());
     if plan.runs("open") {
         let rates: Vec<(Option<f64>, f64)> = match (&plan.rates, &saturation) {
             (Some(r), _) => r.iter().map(|&r| (None, r)).collect(),
@@ -617,26 +645,7 @@ fn main() {
             let m0 = bench
                 .rt
                 .block_on(scrape(main_p.addr, &[OVERHEAD_SUM, OVERHEAD_COUNT]));
-            let (mut d, mut s) = (Stats::default(), Stats::default());
-            for round in 0..plan.rounds {
-                let run = |t: &Arc<Target>, pid| {
-                    bench.rt.block_on(load::open(
-                        t.clone(),
-                        rate,
-                        plan.open_conns,
-                        plan.warm(),
-                        plan.dur(),
-                        pid,
-                    ))
-                };
-                if round % 2 == 0 {
-                    d.merge(&run(&direct, None));
-                    s.merge(&run(&proxy, Some(main_p.pid)));
-                } else {
-                    s.merge(&run(&proxy, Some(main_p.pid)));
-                    d.merge(&run(&direct, None));
-                }
-            }
+            let (d, s) = bench.open_runs(&direct, &proxy, main_p.pid, rate);
             let m1 = bench
                 .rt
                 .block_on(scrape(main_p.addr, &[OVERHEAD_SUM, OVERHEAD_COUNT]));
@@ -656,6 +665,32 @@ fn main() {
             ));
             open_levels.push(lvl);
         }
+        // The yardstick at the same fractions of its own saturation: what the extra hop alone
+        // adds when a proxy is as loaded as Stockyard is above.
+        let bare_sat = saturation.as_ref().and_then(|s| s.bare_rps);
+        if let (Some((t, p)), Some(br), None) = (&bare, bare_sat, &plan.rates) {
+            for &f in plan.rate_fractions.iter().filter(|_| br > 0.0) {
+                let rate = f * br;
+                let (d, b) = bench.open_runs(&direct, t, p.pid, rate);
+                let (ds, bs) = (Side::of(&d), Side::of(&b));
+                let lvl = BareOpenLevel {
+                    fraction: f,
+                    rate,
+                    added_us: Added::of(&ds.latency_us, &bs.latency_us),
+                    bare_cpu_us_per_req: per_req_us(b.cpu_s, b.ok),
+                    direct: ds,
+                    bare: bs,
+                };
+                log(format!(
+                    "open {rate:.0} req/s (bare forwarder, {:.0}% of its saturation): added p50 {:.1} µs p99 {:.1} µs, errors {}/{}",
+                    f * 100.0, lvl.added_us.p50, lvl.added_us.p99, lvl.direct.errors, lvl.bare.errors
+                ));
+                open_bare.push(lvl);
+            }
+        }
+    }
+    if let Some((_, p)) = bare.take() {
+        p.stop();
     }
 
     let mut stream_levels = Vec::new();
@@ -705,6 +740,7 @@ fn main() {
         closed_loop: closed_levels,
         saturation,
         open_loop: open_levels,
+        open_loop_bare: open_bare,
         streams: stream_levels,
         failover,
         open_circuit,
@@ -935,6 +971,23 @@ fn targets(r: &Results) -> Vec<Goal> {
             let d = |l: &OpenLevel| (l.fraction.unwrap_or(0.0) - 0.5).abs();
             d(a).total_cmp(&d(b))
         });
+    // The yardstick's level nearest 50% of its own saturation, quoted beside Stockyard's.
+    let bare_half = r.open_loop_bare.iter().min_by(|a, b| {
+        let d = |l: &BareOpenLevel| (l.fraction - 0.5).abs();
+        d(a).total_cmp(&d(b))
+    });
+    let yardstick = |pick: fn(&Added) -> f64| {
+        bare_half
+            .map(|b| {
+                format!(
+                    "; bare forwarder at {:.0}% of its saturation ({:.0} req/s): {:.1} µs",
+                    b.fraction * 100.0,
+                    b.rate,
+                    pick(&b.added_us)
+                )
+            })
+            .unwrap_or_default()
+    };
     match half {
         Some(l) => {
             let at = format!(
@@ -945,13 +998,13 @@ fn targets(r: &Results) -> Vec<Goal> {
             push(
                 "added median latency, non-streaming, 50% of saturation",
                 "≤ 100 µs",
-                format!("{:.1} µs{at}", l.added_us.p50),
+                format!("{:.1} µs{at}{}", l.added_us.p50, yardstick(|a| a.p50)),
                 Some(l.added_us.p50 <= 100.0),
             );
             push(
                 "added p99 latency, non-streaming, 50% of saturation",
                 "≤ 1 ms",
-                format!("{:.1} µs{at}", l.added_us.p99),
+                format!("{:.1} µs{at}{}", l.added_us.p99, yardstick(|a| a.p99)),
                 Some(l.added_us.p99 <= 1000.0),
             );
         }

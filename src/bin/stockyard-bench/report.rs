@@ -122,6 +122,17 @@ pub struct OpenLevel {
     pub process: Process,
 }
 
+/// The yardstick in the open loop: the bare forwarder at a fraction of its own saturation rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct BareOpenLevel {
+    pub fraction: f64,
+    pub rate: f64,
+    pub direct: Side,
+    pub bare: Side,
+    pub added_us: Added,
+    pub bare_cpu_us_per_req: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamSide {
     pub streams: u64,
@@ -261,6 +272,8 @@ pub struct Results {
     pub closed_loop: Vec<ClosedLevel>,
     pub saturation: Option<Saturation>,
     pub open_loop: Vec<OpenLevel>,
+    /// The bare forwarder in the open loop (with the yardstick, and rates from saturation).
+    pub open_loop_bare: Vec<BareOpenLevel>,
     pub streams: Vec<StreamLevel>,
     pub failover: Option<Hop>,
     pub open_circuit: Option<Hop>,
@@ -445,6 +458,28 @@ pub fn markdown(r: &Results) -> String {
                 l.stockyard.errors,
                 mb(l.process.peak_rss_kb),
                 cpu(&l.process),
+            );
+        }
+    }
+    if !r.open_loop_bare.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Yardstick in the open loop: the bare forwarder at the same fractions of its own saturation\n\n\
+             | rate req/s | of its saturation | direct latency | bare forwarder latency | added | errors (d/b) | bare CPU µs/req |\n\
+             |---:|---:|---|---|---|---|---:|"
+        );
+        for l in &r.open_loop_bare {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0}% | {} | {} | {} | {}/{} | {} |",
+                f0(l.rate),
+                l.fraction * 100.0,
+                pcts(&l.direct.latency_us),
+                pcts(&l.bare.latency_us),
+                added(&l.added_us),
+                l.direct.errors,
+                l.bare.errors,
+                f1(l.bare_cpu_us_per_req),
             );
         }
     }
