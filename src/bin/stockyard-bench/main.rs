@@ -889,13 +889,26 @@ fn leak(bench: &Bench) -> Leak {
                 next += every;
             }
         }));
-    let tr = bench.rt.block_on(scrape(
-        p.addr,
-        &[
-            "stockyard_traces_written_total",
-            "stockyard_traces_dropped_total",
-        ],
-    ));
+    // The trace writer commits in groups: wait (up to 5 s) until it has accounted for every
+    // request, so the counts are final rather than a snapshot of its last few milliseconds.
+    let tr = bench.rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let tr = scrape(
+                p.addr,
+                &[
+                    "stockyard_traces_written_total",
+                    "stockyard_traces_dropped_total",
+                ],
+            )
+            .await;
+            let seen: f64 = tr.iter().flatten().sum();
+            if seen >= total as f64 || Instant::now() >= deadline {
+                break tr;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     let base = samples
         .iter()
         .find(|s| s.requests >= every)
