@@ -640,7 +640,7 @@ mod many {
                 Instant::now() < deadline,
                 "{what}: the server has {n} fds open"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -676,20 +676,10 @@ mod many {
         for first in (0..n).step_by(BATCH) {
             let batch = connect_batch(port, first..(first + BATCH).min(n)).await;
             conns.extend(batch);
-            let deadline = Instant::now() + Duration::from_secs(180);
-            loop {
-                // (A few fds of the baseline come and go, as below.)
-                let f = open_fds(pid);
-                if f + 16 >= base_fds + conns.len() {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} connections opened, the server has {f} fds open (baseline {base_fds})",
-                    conns.len()
-                );
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            // (A few fds of the baseline come and go, as below.)
+            let opened = conns.len();
+            let what = format!("{opened} connections opened (baseline {base_fds} fds)");
+            wait_fds(pid, |f| f + 16 >= base_fds + opened, &what).await;
         }
         conns
     }

@@ -666,15 +666,13 @@ impl MockUpstream {
     /// Waits (up to 20 s, polling) until the mock has received `n` POSTs: the way to know a
     /// request started elsewhere has reached the upstream (a fixed sleep is a race).
     pub async fn wait_hits(&self, n: usize) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while self.hits() < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mock got {} of {n} requests",
-                self.hits()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        super::eventually(|| async move {
+            match self.hits() {
+                h if h >= n => Ok(()),
+                h => Err(format!("mock got {h} of {n} requests")),
+            }
+        })
+        .await
     }
 
     /// Number of requests (any method) whose path (without query) equals `path`.

@@ -8,6 +8,24 @@ use std::time::Duration;
 use stockyard::config::load::{load_str, Env};
 use stockyard::server::Running;
 
+/// Polls `probe` every 10 ms until it gives `Ok`, for up to 20 s, then fails with its last
+/// `Err`: how a test waits for what the proxy or a mock does asynchronously (a fixed sleep is a
+/// race on a loaded machine).
+pub async fn eventually<T, F, Fut>(mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(why) => assert!(std::time::Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The real server, in process, on 127.0.0.1:0, with a config given as YAML text.
 pub struct Proxy {
     pub url: String,
@@ -121,19 +139,14 @@ impl Proxy {
     /// when its body ends and an abandoned request's when the proxy drops it, neither ordered
     /// with what the test observes.
     pub async fn wait_trace(&self, id: &str) -> Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        eventually(|| async move {
             self.flush().await;
-            let (s, v) = self.get_json(&format!("/api/traces/{id}")).await;
-            if s == 200 {
-                return v;
+            match self.get_json(&format!("/api/traces/{id}")).await {
+                (200, v) => Ok(v),
+                (s, v) => Err(format!("no trace {id}: {s} {v}")),
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no trace {id}: {s} {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     pub fn state(&self) -> &std::sync::Arc<stockyard::proxy::state::AppState> {
@@ -148,15 +161,13 @@ impl Proxy {
     /// Waits (up to 20 s) until the server runs no request at all: every slot of the ones that
     /// finished or whose client went away has really been given back.
     pub async fn wait_idle(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while self.in_flight() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} requests still in flight",
-                self.in_flight()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(|| async move {
+            match self.in_flight() {
+                0 => Ok(()),
+                n => Err(format!("{n} requests still in flight")),
+            }
+        })
+        .await
     }
 
     pub async fn chat(&self, model: &str) -> reqwest::Response {
