@@ -965,6 +965,13 @@ fn total_errors(r: &Results) -> u64 {
     n
 }
 
+/// The item whose fraction of saturation is nearest 50%.
+fn nearest_half<'a, T>(levels: impl Iterator<Item = (f64, &'a T)>) -> Option<&'a T> {
+    levels
+        .min_by(|(a, _), (b, _)| (a - 0.5).abs().total_cmp(&(b - 0.5).abs()))
+        .map(|(_, l)| l)
+}
+
 fn targets(r: &Results) -> Vec<Goal> {
     let mut out = Vec::new();
     let mut push = |name: &str, target: &str, measured: String, met: Option<bool>| {
@@ -975,20 +982,10 @@ fn targets(r: &Results) -> Vec<Goal> {
             met,
         })
     };
-    // The open-loop level nearest 50% of saturation.
-    let half = r
-        .open_loop
-        .iter()
-        .filter(|l| l.fraction.is_some())
-        .min_by(|a, b| {
-            let d = |l: &OpenLevel| (l.fraction.unwrap_or(0.0) - 0.5).abs();
-            d(a).total_cmp(&d(b))
-        });
-    // The yardstick's level nearest 50% of its own saturation, quoted beside Stockyard's.
-    let bare_half = r.open_loop_bare.iter().min_by(|a, b| {
-        let d = |l: &BareOpenLevel| (l.fraction - 0.5).abs();
-        d(a).total_cmp(&d(b))
-    });
+    // The open-loop level nearest 50% of saturation, and the yardstick's nearest 50% of its
+    // own saturation, quoted beside Stockyard's.
+    let half = nearest_half(r.open_loop.iter().filter_map(|l| Some((l.fraction?, l))));
+    let bare_half = nearest_half(r.open_loop_bare.iter().map(|l| (l.fraction, l)));
     let yardstick = |pick: fn(&Added) -> f64| {
         bare_half
             .map(|b| {
